@@ -1,0 +1,18 @@
+#pragma once
+// The layout term of Pick-and-Draw: the personalised run's subject attention maps are pulled
+// towards those of the vanilla model's template run,
+//   L_lay[b] = mean over layers l of || S(A_l[b]) - S(T_l[b]) ||_F
+// with S the Gaussian smoothing of gaussian_smoothing.h.
+#include <ATen/core/Tensor.h>
+
+namespace pickdraw {
+
+// maps: one [B, H_l, W_l] tensor per layer (the generated subject maps), differentiable.
+// templates: one [B, H_l, W_l] or [1, H_l, W_l] tensor per layer (broadcast over the batch), same
+//   dtype and device as maps. When templates_smoothed is true they are taken as already smoothed
+//   (a LayoutTemplate stores them so), otherwise they are smoothed here with the same kernel.
+// Returns [B]. At least one layer is required.
+at::Tensor layout_loss(at::TensorList maps, at::TensorList templates, int64_t kernel_size,
+                       double sigma, bool templates_smoothed = false);
+
+}  // namespace pickdraw

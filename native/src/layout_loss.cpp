@@ -1,0 +1,38 @@
+#include "pickdraw/layout_loss.h"
+
+#include <ATen/ATen.h>
+
+#include "pickdraw/checks.h"
+#include "pickdraw/gaussian_smoothing.h"
+
+namespace pickdraw {
+
+at::Tensor layout_loss(at::TensorList maps, at::TensorList templates, int64_t kernel_size,
+                       double sigma, bool templates_smoothed) {
+  TORCH_CHECK(!maps.empty(), "layout_loss needs at least one layer");
+  TORCH_CHECK(maps.size() == templates.size(), "layout_loss got ", maps.size(),
+              " map layers but ", templates.size(), " template layers; they must pair up");
+  at::Tensor total;
+  for (size_t l = 0; l < maps.size(); ++l) {
+    const auto& a = maps[l];
+    const auto& t = templates[l];
+    TORCH_CHECK(a.dim() == 3, "maps[", l, "] must be [B, H, W], got ", a.sizes());
+    TORCH_CHECK(t.dim() == 3, "templates[", l, "] must be [B, H, W] or [1, H, W], got ",
+                t.sizes());
+    PICKDRAW_CHECK_FLOATING(a);
+    TORCH_CHECK(t.scalar_type() == a.scalar_type() && t.device() == a.device(), "templates[",
+                l, "] must have the dtype and device of maps[", l, "] (", a.scalar_type(), ", ",
+                a.device(), "), got ", t.scalar_type(), ", ", t.device());
+    TORCH_CHECK(t.size(1) == a.size(1) && t.size(2) == a.size(2) &&
+                    (t.size(0) == a.size(0) || t.size(0) == 1),
+                "templates[", l, "] of shape ", t.sizes(), " does not match maps[", l,
+                "] of shape ", a.sizes(), ": was the template drawn at another image size?");
+    const auto smoothed_t = templates_smoothed ? t : gaussian_smooth(t, kernel_size, sigma);
+    const auto diff = gaussian_smooth(a, kernel_size, sigma) - smoothed_t;
+    const auto frob = at::linalg_vector_norm(diff, 2, {1, 2}, /*keepdim=*/false);
+    total = total.defined() ? total + frob : frob;
+  }
+  return total / static_cast<double>(maps.size());
+}
+
+}  // namespace pickdraw

@@ -1,0 +1,290 @@
+// Schema, dispatcher entry, tiled driver and autograd of the UREMD op (see include/pickdraw/uremd.h).
+//
+// Dispatch layout (torchvision's pattern):
+//   pickdraw::_uremd_row_min  CPU / CUDA / Meta kernels: running row-min and argmin of the costs
+//   pickdraw::uremd           CompositeExplicitAutograd: row-min + weighted mean (no grad)
+//                             Autograd: the same inside a custom Function whose backward gathers
+//                             the chosen palette entries (O(N*C), no N x M work)
+#include "pickdraw/uremd.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "ops/uremd_internal.h"
+#include "pickdraw/checks.h"
+
+namespace pickdraw {
+namespace detail {
+
+void check_uremd_inputs(const at::Tensor& generated, const at::Tensor& palette,
+                        const std::optional<at::Tensor>& weight) {
+  PICKDRAW_CHECK_DIM(generated, 3);
+  PICKDRAW_CHECK_DIM(palette, 3);
+  PICKDRAW_CHECK_FLOATING(generated);
+  PICKDRAW_CHECK_SAME_DTYPE(palette, generated);
+  PICKDRAW_CHECK_SAME_DEVICE(palette, generated);
+  const auto B = generated.size(0);
+  TORCH_CHECK(palette.size(0) == B || palette.size(0) == 1,
+              "palette must have batch size 1 (shared) or the batch size of generated (", B,
+              "), got palette of shape ", palette.sizes());
+  TORCH_CHECK(palette.size(2) == generated.size(2),
+              "generated and palette must have the same feature size C (last dim), got ",
+              generated.sizes(), " and ", palette.sizes());
+  TORCH_CHECK(palette.size(1) > 0 || generated.size(1) == 0,
+              "palette has no features (shape ", palette.sizes(),
+              "): the distance to an empty palette is undefined. Was the reference saliency "
+              "mask empty? Lower tau or pass a mask that covers the subject.");
+  if (weight.has_value() && weight->defined()) {
+    PICKDRAW_CHECK_DIM(*weight, 2);
+    PICKDRAW_CHECK_SAME_DTYPE(*weight, generated);
+    PICKDRAW_CHECK_SAME_DEVICE(*weight, generated);
+    TORCH_CHECK(weight->size(0) == B && weight->size(1) == generated.size(1),
+                "weight must have shape [B, N] = [", B, ", ", generated.size(1),
+                "] to match generated, got ", weight->sizes());
+  }
+}
+
+at::ScalarType uremd_accumulate_type(at::ScalarType input) {
+  return input == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+static at::Tensor inverse_norms(const at::Tensor& x, at::ScalarType acc) {
+  return at::linalg_vector_norm(x, 2, {-1}, /*keepdim=*/false, acc)
+      .clamp_min(kCosineEps)
+      .reciprocal();
+}
+
+std::tuple<at::Tensor, at::Tensor> tiled_row_min(const at::Tensor& generated,
+                                                 const at::Tensor& palette,
+                                                 int64_t tile_elements,
+                                                 bool gemm_in_accumulate_type,
+                                                 TileSelectFn select) {
+  const auto acc = uremd_accumulate_type(generated.scalar_type());
+  const int64_t B = generated.size(0), N = generated.size(1), M = palette.size(1);
+  auto g = generated;
+  auto p = palette;
+  // A shared palette turns the batch into one taller GEMM: fewer, larger calls.
+  const bool shared_palette = p.size(0) == 1 && B > 1;
+  if (shared_palette) g = g.reshape({1, B * N, g.size(2)});
+  const int64_t Bg = g.size(0), Ng = g.size(1);
+
+  auto best_cost = at::full({Bg, Ng}, std::numeric_limits<double>::infinity(),
+                            generated.options().dtype(acc));
+  auto best_index = at::zeros({Bg, Ng}, generated.options().dtype(at::kLong));
+  if (Bg > 0 && Ng > 0 && M > 0) {
+    const auto g_inv = inverse_norms(g, acc);
+    const auto p_inv = inverse_norms(p, acc);
+    if (gemm_in_accumulate_type) {
+      g = g.to(acc);
+      p = p.to(acc);
+    }
+    // Tile shape: all rows and as many palette columns as the budget allows (at least 32, a
+    // warp's width); rows are split only when even 32 columns would not fit.
+    const int64_t cols = std::min<int64_t>(M, std::max<int64_t>(32, tile_elements / (Bg * Ng)));
+    const int64_t rows = std::min<int64_t>(Ng, std::max<int64_t>(1, tile_elements / (Bg * cols)));
+    auto scratch = at::empty({Bg * rows * cols}, generated.options().dtype(acc));
+    for (int64_t r0 = 0; r0 < Ng; r0 += rows) {
+      const int64_t rn = std::min(rows, Ng - r0);
+      const auto g_rows = g.narrow(1, r0, rn);
+      for (int64_t c0 = 0; c0 < M; c0 += cols) {
+        const int64_t cn = std::min(cols, M - c0);
+        auto dots = scratch.narrow(0, 0, Bg * rn * cn).view({Bg, rn, cn});
+        const auto p_cols_t = p.narrow(1, c0, cn).transpose(1, 2);
+        if (g.scalar_type() == acc) {
+          at::bmm_out(dots, g_rows, p_cols_t);
+        } else {
+          at::bmm_out(dots, g_rows, p_cols_t, acc);  // tensor-core GEMM, float32 result
+        }
+        select(TileSelect{dots, g_inv.narrow(1, r0, rn), p_inv.narrow(1, c0, cn), c0,
+                          best_cost.narrow(1, r0, rn), best_index.narrow(1, r0, rn)});
+      }
+    }
+  }
+  if (shared_palette) {
+    best_cost = best_cost.view({B, N});
+    best_index = best_index.view({B, N});
+  }
+  return {best_cost, best_index};
+}
+
+}  // namespace detail
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> row_min_meta(const at::Tensor& generated,
+                                                const at::Tensor& palette) {
+  detail::check_uremd_inputs(generated, palette, std::nullopt);
+  const auto acc = detail::uremd_accumulate_type(generated.scalar_type());
+  const auto B = generated.size(0), N = generated.size(1);
+  return {at::empty({B, N}, generated.options().dtype(acc)),
+          at::empty({B, N}, generated.options().dtype(at::kLong))};
+}
+
+std::tuple<at::Tensor, at::Tensor> call_row_min(const at::Tensor& generated,
+                                                const at::Tensor& palette) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pickdraw::_uremd_row_min", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&,
+                                                                 const at::Tensor&)>();
+  return op.call(generated, palette);
+}
+
+// Weighted mean of the row minima: sum_n w_n c_n / sum_n w_n, 0 where the weights sum to 0.
+// Returns (loss in accumulate dtype, weights in accumulate dtype, weight sums).
+struct WeightedMean {
+  at::Tensor loss, weight, weight_sum;
+};
+WeightedMean weighted_mean(const at::Tensor& min_cost, const std::optional<at::Tensor>& weight) {
+  const auto w = (weight.has_value() && weight->defined())
+                     ? weight->to(min_cost.scalar_type())
+                     : at::ones_like(min_cost);
+  const auto w_sum = w.sum(1);
+  const auto safe_sum = at::where(w_sum > 0, w_sum, at::ones_like(w_sum));
+  const auto loss = at::where(w_sum > 0, (w * min_cost).sum(1) / safe_sum, at::zeros_like(w_sum));
+  return {loss, w, w_sum};
+}
+
+at::Tensor uremd_no_grad(const at::Tensor& generated, const at::Tensor& palette,
+                         const std::optional<at::Tensor>& weight) {
+  detail::check_uremd_inputs(generated, palette, weight);
+  auto [min_cost, argmin] = call_row_min(generated, palette);
+  return weighted_mean(min_cost, weight).loss.to(generated.scalar_type());
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class UremdFunction : public torch::autograd::Function<UremdFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& generated,
+                            const at::Tensor& palette, const std::optional<at::Tensor>& weight) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    detail::check_uremd_inputs(generated, palette, weight);
+    auto [min_cost, argmin] = call_row_min(generated, palette);
+    const auto mean = weighted_mean(min_cost, weight);
+    const bool has_weight = weight.has_value() && weight->defined();
+    ctx->saved_data["has_weight"] = has_weight;
+    ctx->save_for_backward({generated, palette, has_weight ? *weight : at::Tensor(), min_cost,
+                            argmin, mean.loss});
+    return mean.loss.to(generated.scalar_type());
+  }
+
+  // With c_n = 1 - cos(g_n, p_a(n)), a(n) the argmin held fixed, g^ = g/|g|, p^ = p/|p|:
+  //   dc/dg = -(p^ - cos g^) / |g|,  dc/dp = -(g^ - cos p^) / |p|   (|.| > eps)
+  //   dc/dg = -p^ / eps,             dc/dp = -g^ / eps             (|.| <= eps: clamped norm)
+  //   dL/dc_n = w_n / W,  dL/dw_n = (c_n - L) / W,  all times the incoming grad_output[b].
+  // Written with ATen ops, so a double backward (create_graph) differentiates this formula.
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& generated = saved[0];
+    const auto& palette = saved[1];
+    const bool has_weight = ctx->saved_data["has_weight"].toBool();
+    const auto& min_cost = saved[3];
+    const auto& argmin = saved[4];
+    const auto& loss = saved[5];
+    const auto acc = min_cost.scalar_type();
+    const int64_t B = generated.size(0), N = generated.size(1), C = generated.size(2);
+    const int64_t Bp = palette.size(0), M = palette.size(1);
+
+    const auto grad_loss = grad_outputs[0].to(acc);  // [B]
+    const auto w = has_weight ? saved[2].to(acc) : at::ones({B, N}, min_cost.options());
+    const auto w_sum = w.sum(1);
+    const auto safe_sum = at::where(w_sum > 0, w_sum, at::ones_like(w_sum));
+    const auto live = (w_sum > 0).to(acc);
+    // coef[b, n] = dL_b/dc_n * grad_loss[b]
+    const auto coef = (w * (grad_loss * live / safe_sum).unsqueeze(1));
+
+    at::Tensor grad_generated, grad_palette, grad_weight;
+    const bool need_g = ctx->needs_input_grad(0), need_p = ctx->needs_input_grad(1);
+    if ((need_g || need_p) && N > 0) {
+      const auto g = generated.to(acc);
+      const auto p = palette.to(acc);
+      // p_sel[b, n] = palette[b or 0, argmin[b, n]]
+      const auto batch_base =
+          Bp == 1 ? at::zeros({B, 1}, argmin.options())
+                  : (at::arange(B, argmin.options()) * M).unsqueeze(1);
+      const auto flat_index = (argmin + batch_base).reshape({-1});
+      const auto p_sel = p.reshape({Bp * M, C}).index_select(0, flat_index).view({B, N, C});
+      const auto g_norm = at::linalg_vector_norm(g, 2, {-1}, true);
+      const auto p_norm = at::linalg_vector_norm(p_sel, 2, {-1}, true);
+      const auto g_big = g_norm > detail::kCosineEps;
+      const auto p_big = p_norm > detail::kCosineEps;
+      const auto g_hat = g / g_norm.clamp_min(detail::kCosineEps);
+      const auto p_hat = p_sel / p_norm.clamp_min(detail::kCosineEps);
+      const auto cos = (g_hat * p_hat).sum(-1, true);
+      const auto c = coef.unsqueeze(-1);
+      if (need_g) {
+        const auto d = at::where(g_big, (p_hat - cos * g_hat) / g_norm.clamp_min(detail::kCosineEps),
+                                 p_hat / detail::kCosineEps);
+        grad_generated = (-c * d).to(generated.scalar_type());
+      }
+      if (need_p) {
+        const auto d = at::where(p_big, (g_hat - cos * p_hat) / p_norm.clamp_min(detail::kCosineEps),
+                                 g_hat / detail::kCosineEps);
+        grad_palette = at::zeros({Bp * M, C}, p.options())
+                           .index_add(0, flat_index, (-c * d).reshape({B * N, C}))
+                           .view({Bp, M, C})
+                           .to(palette.scalar_type());
+      }
+    } else {
+      if (need_g) grad_generated = at::zeros_like(generated);
+      if (need_p) grad_palette = at::zeros_like(palette);
+    }
+    if (has_weight && ctx->needs_input_grad(2)) {
+      grad_weight = ((min_cost - loss.unsqueeze(1)) * (grad_loss * live / safe_sum).unsqueeze(1))
+                        .to(saved[2].scalar_type());
+    }
+    return {grad_generated, grad_palette, grad_weight};
+  }
+};
+
+at::Tensor uremd_autograd(const at::Tensor& generated, const at::Tensor& palette,
+                          const std::optional<at::Tensor>& weight) {
+  return UremdFunction::apply(generated, palette, weight);
+}
+
+}  // namespace
+
+at::Tensor uremd(const at::Tensor& generated, const at::Tensor& palette,
+                 const std::optional<at::Tensor>& weight) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pickdraw::uremd", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                         const std::optional<at::Tensor>&)>();
+  return op.call(generated, palette, weight);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> uremd_with_argmin(
+    const at::Tensor& generated, const at::Tensor& palette,
+    const std::optional<at::Tensor>& weight) {
+  at::NoGradGuard no_grad;
+  detail::check_uremd_inputs(generated, palette, weight);
+  auto [min_cost, argmin] = call_row_min(generated, palette);
+  auto loss = weighted_mean(min_cost, weight).loss.to(generated.scalar_type());
+  return {loss, min_cost, argmin};
+}
+
+}  // namespace pickdraw
+
+TORCH_LIBRARY(pickdraw, m) {
+  m.def("uremd(Tensor generated, Tensor palette, Tensor? weight=None) -> Tensor");
+  m.def("_uremd_row_min(Tensor generated, Tensor palette) -> (Tensor min_cost, Tensor argmin)");
+}
+
+TORCH_LIBRARY_IMPL(pickdraw, CompositeExplicitAutograd, m) {
+  m.impl("uremd", TORCH_FN(pickdraw::uremd_no_grad));
+}
+
+TORCH_LIBRARY_IMPL(pickdraw, Autograd, m) {
+  m.impl("uremd", TORCH_FN(pickdraw::uremd_autograd));
+}
+
+TORCH_LIBRARY_IMPL(pickdraw, Meta, m) {
+  m.impl("_uremd_row_min", TORCH_FN(pickdraw::row_min_meta));
+}

@@ -1,0 +1,49 @@
+#pragma once
+// Internal pieces of the UREMD op shared by its CPU and CUDA kernels. Not installed, not public.
+//
+// Both kernels have the shape of FAISS's brute-force k=1 search (Johnson et al., "Billion-scale
+// similarity search with GPUs"): the cross term of the distance comes from a GEMM into a bounded
+// scratch tile, and one fused select pass turns a tile into costs
+//   cost[n, m] = 1 - (g_n . p_m) * inv_norm(g_n) * inv_norm(p_m)
+// and merges them into a running row minimum and argmin. Scratch memory is one tile plus the
+// inverse norms, whatever N and M are.
+#include <ATen/core/Tensor.h>
+#include <optional>
+#include <tuple>
+
+namespace pickdraw::detail {
+
+// Same clamp as torch.nn.functional.normalize, so the Python reference agrees bit for bit in
+// which vectors count as "zero".
+constexpr double kCosineEps = 1e-8;
+
+// One tile handed to a select pass. All tensors are on the kernel's device.
+struct TileSelect {
+  at::Tensor dots;        // [B, rows, cols] accumulate dtype, contiguous: the tile's dot products
+  at::Tensor g_inv_norm;  // [B, rows] view (any strides) of the generated features' inverse norms
+  at::Tensor p_inv_norm;  // [B, cols] view of the palette's inverse norms
+  int64_t col_offset;     // palette index of the tile's first column
+  at::Tensor best_cost;   // [B, rows] view, in/out: running minimum cost
+  at::Tensor best_index;  // [B, rows] view, in/out: running argmin (int64)
+};
+using TileSelectFn = void (*)(const TileSelect&);
+
+// Validates the public arguments of uremd; every kernel entry calls it (the C++ API can reach a
+// kernel without the Python wrapper).
+void check_uremd_inputs(const at::Tensor& generated, const at::Tensor& palette,
+                        const std::optional<at::Tensor>& weight);
+
+// Accumulate dtype: float64 for float64 inputs, float32 otherwise.
+at::ScalarType uremd_accumulate_type(at::ScalarType input);
+
+// The tiled driver. Tiles are visited in increasing palette index and `select` must replace the
+// running minimum only when strictly smaller: that is the lowest-index tie rule.
+// `tile_elements` bounds the scratch tile; `gemm_in_accumulate_type` converts reduced-precision
+// inputs before the GEMM (CPU) instead of asking the GEMM for a float32 result (CUDA).
+std::tuple<at::Tensor, at::Tensor> tiled_row_min(const at::Tensor& generated,
+                                                 const at::Tensor& palette,
+                                                 int64_t tile_elements,
+                                                 bool gemm_in_accumulate_type,
+                                                 TileSelectFn select);
+
+}  // namespace pickdraw::detail
