@@ -97,7 +97,11 @@ the lowest palette index. Differentiable in all three inputs.)doc");
 Resampled to out_size = (height, width) (antialiased bilinear), min-max normalised per sample,
 thresholded (> tau); when fewer than min_pixels pass, the min_pixels largest values instead.
 Returns [B, height, width] 0/1 in the map's dtype.)doc");
-  m.def("average_token_maps", &average_token_maps, py::arg("maps"), py::arg("size"),
+  m.def("average_token_maps",
+        [](const std::vector<at::Tensor>& maps, std::array<int64_t, 2> size) {
+          return average_token_maps(maps, size);
+        },
+        py::arg("maps"), py::arg("size"),
         "Mean of [B, h_i, w_i] maps after resampling each to size = (height, width): [B, height, width].");
   m.def("resample_maps", &resample_maps, py::arg("maps"), py::arg("size"),
         "[B, H, W] -> [B, height, width], antialiased bilinear, align_corners=False.");
@@ -107,7 +111,12 @@ Returns [B, height, width] 0/1 in the map's dtype.)doc");
   m.def("gaussian_smooth", &gaussian_smooth, py::arg("maps"), py::arg("kernel_size"),
         py::arg("sigma"),
         "Separable Gaussian blur of [..., H, W] maps with reflect padding; differentiable.");
-  m.def("layout_loss", &layout_loss, py::arg("maps"), py::arg("templates"),
+  m.def("layout_loss",
+        [](const std::vector<at::Tensor>& maps, const std::vector<at::Tensor>& templates,
+           int64_t kernel_size, double sigma, bool templates_smoothed) {
+          return layout_loss(maps, templates, kernel_size, sigma, templates_smoothed);
+        },
+        py::arg("maps"), py::arg("templates"),
         py::arg("kernel_size") = 3, py::arg("sigma") = 0.5, py::arg("templates_smoothed") = false,
         R"doc(Layout loss [B]: mean over layers of ||S(A_l) - S(T_l)||_F.
 

@@ -8,10 +8,11 @@ imported, and a mismatch is an ImportError that says exactly what to run.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
 import logging
 import sys
+import sysconfig
 from pathlib import Path
 
 import torch
@@ -41,13 +42,31 @@ def unavailable_reasons() -> list[str]:
             f"{torch.__version__} is running (torch was upgraded or another Python runs ComfyUI); "
             f"rebuild it: {_FIX}"
         )
-    import sysconfig
-
     if record.get("python_ext_suffix") != sysconfig.get_config_var("EXT_SUFFIX"):
         reasons.append(
             f"the native module was built for another Python ({record.get('python_ext_suffix')}); {_FIX}"
         )
     return reasons
+
+
+# One module object per process, whatever package name the pack was imported under (ComfyUI
+# imports it by folder name, pytest may import the same folder again under another name):
+# pybind11 refuses to register the same C++ classes twice.
+_CANONICAL_NAME = "pickdraw_native._C"
+
+
+def _import_extension():
+    module = sys.modules.get(_CANONICAL_NAME)
+    if module is not None:
+        return module
+    path = _HERE / ("_C" + sysconfig.get_config_var("EXT_SUFFIX"))
+    spec = importlib.util.spec_from_file_location(_CANONICAL_NAME, path)
+    if spec is None or not path.is_file():
+        raise ImportError(f"Pick-and-Draw native module {path.name} is missing; {_FIX}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[_CANONICAL_NAME] = module
+    return module
 
 
 def load():
@@ -58,7 +77,7 @@ def load():
     reasons = unavailable_reasons()
     if reasons:
         raise ImportError("Pick-and-Draw native library unavailable: " + "; ".join(reasons))
-    module = importlib.import_module("._C", __package__)
+    module = _import_extension()
     built = module.build_info()
     if built["torch_version"] != torch.__version__:  # the record was stale or hand-edited
         raise ImportError(

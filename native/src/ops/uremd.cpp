@@ -50,6 +50,13 @@ void check_uremd_inputs(const at::Tensor& generated, const at::Tensor& palette,
   }
 }
 
+// Tensor::to returns `self` when the dtype already matches; the dispatcher's schema checks (and
+// torch.library.opcheck) reject an op that hands one of its inputs back as an output, so the
+// conversion is skipped explicitly instead.
+at::Tensor as_type(const at::Tensor& t, at::ScalarType type) {
+  return t.scalar_type() == type ? t : t.to(type);
+}
+
 at::ScalarType uremd_accumulate_type(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -81,8 +88,8 @@ std::tuple<at::Tensor, at::Tensor> tiled_row_min(const at::Tensor& generated,
     const auto g_inv = inverse_norms(g, acc);
     const auto p_inv = inverse_norms(p, acc);
     if (gemm_in_accumulate_type) {
-      g = g.to(acc);
-      p = p.to(acc);
+      g = detail::as_type(g, acc);
+      p = detail::as_type(p, acc);
     }
     // Tile shape: all rows and as many palette columns as the budget allows (at least 32, a
     // warp's width); rows are split only when even 32 columns would not fit.
@@ -142,7 +149,7 @@ struct WeightedMean {
 };
 WeightedMean weighted_mean(const at::Tensor& min_cost, const std::optional<at::Tensor>& weight) {
   const auto w = (weight.has_value() && weight->defined())
-                     ? weight->to(min_cost.scalar_type())
+                     ? detail::as_type(*weight, min_cost.scalar_type())
                      : at::ones_like(min_cost);
   const auto w_sum = w.sum(1);
   const auto safe_sum = at::where(w_sum > 0, w_sum, at::ones_like(w_sum));
@@ -154,7 +161,7 @@ at::Tensor uremd_no_grad(const at::Tensor& generated, const at::Tensor& palette,
                          const std::optional<at::Tensor>& weight) {
   detail::check_uremd_inputs(generated, palette, weight);
   auto [min_cost, argmin] = call_row_min(generated, palette);
-  return weighted_mean(min_cost, weight).loss.to(generated.scalar_type());
+  return detail::as_type(weighted_mean(min_cost, weight).loss, generated.scalar_type());
 }
 
 using torch::autograd::AutogradContext;
@@ -170,30 +177,30 @@ class UremdFunction : public torch::autograd::Function<UremdFunction> {
     const auto mean = weighted_mean(min_cost, weight);
     const bool has_weight = weight.has_value() && weight->defined();
     ctx->saved_data["has_weight"] = has_weight;
-    ctx->save_for_backward({generated, palette, has_weight ? *weight : at::Tensor(), min_cost,
-                            argmin, mean.loss});
-    return mean.loss.to(generated.scalar_type());
+    // Only the argmin is kept from the forward (B x N indices); the backward recomputes the rest.
+    ctx->save_for_backward({generated, palette, has_weight ? *weight : at::Tensor(), argmin});
+    return detail::as_type(mean.loss, generated.scalar_type());
   }
 
   // With c_n = 1 - cos(g_n, p_a(n)), a(n) the argmin held fixed, g^ = g/|g|, p^ = p/|p|:
   //   dc/dg = -(p^ - cos g^) / |g|,  dc/dp = -(g^ - cos p^) / |p|   (|.| > eps)
   //   dc/dg = -p^ / eps,             dc/dp = -g^ / eps             (|.| <= eps: clamped norm)
   //   dL/dc_n = w_n / W,  dL/dw_n = (c_n - L) / W,  all times the incoming grad_output[b].
+  // Only the argmin is taken from the forward; everything else is recomputed from the inputs.
   // Written with ATen ops, so a double backward (create_graph) differentiates this formula.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const auto& generated = saved[0];
     const auto& palette = saved[1];
     const bool has_weight = ctx->saved_data["has_weight"].toBool();
-    const auto& min_cost = saved[3];
-    const auto& argmin = saved[4];
-    const auto& loss = saved[5];
-    const auto acc = min_cost.scalar_type();
+    const auto& argmin = saved[3];
+    const auto acc = detail::uremd_accumulate_type(generated.scalar_type());
     const int64_t B = generated.size(0), N = generated.size(1), C = generated.size(2);
     const int64_t Bp = palette.size(0), M = palette.size(1);
 
-    const auto grad_loss = grad_outputs[0].to(acc);  // [B]
-    const auto w = has_weight ? saved[2].to(acc) : at::ones({B, N}, min_cost.options());
+    const auto grad_loss = detail::as_type(grad_outputs[0], acc);  // [B]
+    const auto w = has_weight ? detail::as_type(saved[2], acc)
+                              : at::ones({B, N}, generated.options().dtype(acc));
     const auto w_sum = w.sum(1);
     const auto safe_sum = at::where(w_sum > 0, w_sum, at::ones_like(w_sum));
     const auto live = (w_sum > 0).to(acc);
@@ -202,43 +209,48 @@ class UremdFunction : public torch::autograd::Function<UremdFunction> {
 
     at::Tensor grad_generated, grad_palette, grad_weight;
     const bool need_g = ctx->needs_input_grad(0), need_p = ctx->needs_input_grad(1);
-    if ((need_g || need_p) && N > 0) {
-      const auto g = generated.to(acc);
-      const auto p = palette.to(acc);
-      // p_sel[b, n] = palette[b or 0, argmin[b, n]]
-      const auto batch_base =
-          Bp == 1 ? at::zeros({B, 1}, argmin.options())
-                  : (at::arange(B, argmin.options()) * M).unsqueeze(1);
-      const auto flat_index = (argmin + batch_base).reshape({-1});
-      const auto p_sel = p.reshape({Bp * M, C}).index_select(0, flat_index).view({B, N, C});
-      const auto g_norm = at::linalg_vector_norm(g, 2, {-1}, true);
-      const auto p_norm = at::linalg_vector_norm(p_sel, 2, {-1}, true);
-      const auto g_big = g_norm > detail::kCosineEps;
-      const auto p_big = p_norm > detail::kCosineEps;
-      const auto g_hat = g / g_norm.clamp_min(detail::kCosineEps);
-      const auto p_hat = p_sel / p_norm.clamp_min(detail::kCosineEps);
-      const auto cos = (g_hat * p_hat).sum(-1, true);
-      const auto c = coef.unsqueeze(-1);
-      if (need_g) {
-        const auto d = at::where(g_big, (p_hat - cos * g_hat) / g_norm.clamp_min(detail::kCosineEps),
-                                 p_hat / detail::kCosineEps);
-        grad_generated = (-c * d).to(generated.scalar_type());
-      }
-      if (need_p) {
-        const auto d = at::where(p_big, (g_hat - cos * p_hat) / p_norm.clamp_min(detail::kCosineEps),
-                                 g_hat / detail::kCosineEps);
-        grad_palette = at::zeros({Bp * M, C}, p.options())
-                           .index_add(0, flat_index, (-c * d).reshape({B * N, C}))
-                           .view({Bp, M, C})
-                           .to(palette.scalar_type());
-      }
-    } else {
+    const bool need_w = has_weight && ctx->needs_input_grad(2);
+    if (N == 0) {
       if (need_g) grad_generated = at::zeros_like(generated);
       if (need_p) grad_palette = at::zeros_like(palette);
+      if (need_w) grad_weight = at::zeros_like(saved[2]);
+      return {grad_generated, grad_palette, grad_weight};
     }
-    if (has_weight && ctx->needs_input_grad(2)) {
-      grad_weight = ((min_cost - loss.unsqueeze(1)) * (grad_loss * live / safe_sum).unsqueeze(1))
-                        .to(saved[2].scalar_type());
+    // The chosen palette entries, gathered: p_sel[b, n] = palette[b or 0, argmin[b, n]].
+    const auto g = detail::as_type(generated, acc);
+    const auto p = detail::as_type(palette, acc);
+    const auto batch_base = Bp == 1 ? at::zeros({B, 1}, argmin.options())
+                                    : (at::arange(B, argmin.options()) * M).unsqueeze(1);
+    const auto flat_index = (argmin + batch_base).reshape({-1});
+    const auto p_sel = p.reshape({Bp * M, C}).index_select(0, flat_index).view({B, N, C});
+    const auto g_norm = at::linalg_vector_norm(g, 2, {-1}, true);
+    const auto p_norm = at::linalg_vector_norm(p_sel, 2, {-1}, true);
+    const auto g_hat = g / g_norm.clamp_min(detail::kCosineEps);
+    const auto p_hat = p_sel / p_norm.clamp_min(detail::kCosineEps);
+    const auto cos = (g_hat * p_hat).sum(-1, true);
+    const auto c = coef.unsqueeze(-1);
+    if (need_g) {
+      const auto d = at::where(g_norm > detail::kCosineEps,
+                               (p_hat - cos * g_hat) / g_norm.clamp_min(detail::kCosineEps),
+                               p_hat / detail::kCosineEps);
+      grad_generated = detail::as_type(-c * d, generated.scalar_type());
+    }
+    if (need_p) {
+      const auto d = at::where(p_norm > detail::kCosineEps,
+                               (g_hat - cos * p_hat) / p_norm.clamp_min(detail::kCosineEps),
+                               g_hat / detail::kCosineEps);
+      grad_palette = detail::as_type(at::zeros({Bp * M, C}, p.options())
+                                         .index_add(0, flat_index, (-c * d).reshape({B * N, C}))
+                                         .view({Bp, M, C}),
+                                     palette.scalar_type());
+    }
+    if (need_w) {
+      // Recomputed from the gathered entries (equal to the saved minima up to rounding) so that
+      // a double backward sees how the weight gradient depends on the features too.
+      const auto cost = 1 - cos.squeeze(-1);
+      const auto mean = (w * cost).sum(1, true) / safe_sum.unsqueeze(1);
+      grad_weight = detail::as_type((cost - mean) * (grad_loss * live / safe_sum).unsqueeze(1),
+                                    saved[2].scalar_type());
     }
     return {grad_generated, grad_palette, grad_weight};
   }
@@ -266,7 +278,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> uremd_with_argmin(
   at::NoGradGuard no_grad;
   detail::check_uremd_inputs(generated, palette, weight);
   auto [min_cost, argmin] = call_row_min(generated, palette);
-  auto loss = weighted_mean(min_cost, weight).loss.to(generated.scalar_type());
+  auto loss = detail::as_type(weighted_mean(min_cost, weight).loss, generated.scalar_type());
   return {loss, min_cost, argmin};
 }
 

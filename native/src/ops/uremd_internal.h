@@ -33,6 +33,9 @@ using TileSelectFn = void (*)(const TileSelect&);
 void check_uremd_inputs(const at::Tensor& generated, const at::Tensor& palette,
                         const std::optional<at::Tensor>& weight);
 
+// t converted to `type`, or t itself (without a dispatcher call) when it already has that dtype.
+at::Tensor as_type(const at::Tensor& t, at::ScalarType type);
+
 // Accumulate dtype: float64 for float64 inputs, float32 otherwise.
 at::ScalarType uremd_accumulate_type(at::ScalarType input);
 

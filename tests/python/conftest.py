@@ -1,0 +1,64 @@
+"""Test setup: imports the pack under a fixed package name, and the CPU/CUDA device fixture.
+
+The pack is imported through its own directory rather than by putting the repository root on
+sys.path: ComfyUI has a top-level module named ``nodes`` that our ``nodes`` package must never
+shadow, nor be shadowed by.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+PACK_NAME = "pickdraw_pack"
+
+
+def import_pack():
+    if PACK_NAME not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_NAME] = module
+        spec.loader.exec_module(module)
+    return sys.modules[PACK_NAME]
+
+
+@pytest.fixture(scope="session")
+def ops():
+    import_pack()
+    return importlib.import_module(f"{PACK_NAME}.nodes.ops")
+
+
+@pytest.fixture(scope="session")
+def reference():
+    import_pack()
+    return importlib.import_module(f"{PACK_NAME}.nodes.ops.reference")
+
+
+def _cuda_skip_reason(ops_module) -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA device on this machine"
+    if not ops_module.build_info()["cuda"]:
+        return "the native library was built without CUDA kernels (see install.py's output)"
+    return None
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request, ops):
+    if request.param == "cuda":
+        reason = _cuda_skip_reason(ops)
+        if reason:
+            pytest.skip(reason)
+    return torch.device(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _fixed_seed():
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    yield
+    torch.random.set_rng_state(state)
