@@ -10,6 +10,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
+
 #include "ops/uremd_internal.h"
 
 namespace pickdraw {
@@ -120,9 +122,165 @@ std::tuple<at::Tensor, at::Tensor> uremd_row_min_cuda(const at::Tensor& generate
                                /*gemm_in_accumulate_type=*/false, select_tile_cuda);
 }
 
+// --- fused backward: the formula of uremd_backward_composite (ops/uremd.cpp) -------------------
+
+template <typename acc_t>
+__device__ acc_t warp_sum(acc_t v) {
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  return __shfl_sync(0xffffffffu, v, 0);
+}
+
+template <typename acc_t>
+struct BackwardParams {
+  const acc_t* g;         // [B, N, C] contiguous
+  const acc_t* p;         // [Bp, M, C] contiguous
+  const int64_t* argmin;  // [B, N]
+  acc_t* cos;             // [B, N] out of pass 1
+  acc_t* g_norm;          // [B, N]
+  acc_t* p_norm;          // [B, N]
+  const acc_t* coef;      // [B, N] dL/dc times grad_output (pass 2)
+  acc_t* grad_g;          // [B, N, C] or null
+  acc_t* grad_p;          // [Bp, M, C] zero-initialised, or null
+  int64_t rows, N, C, M, shared_palette;
+};
+
+template <typename acc_t>
+__device__ const acc_t* chosen_entry(const BackwardParams<acc_t>& t, int64_t r) {
+  const int64_t b = t.shared_palette ? 0 : r / t.N;
+  return t.p + (b * t.M + t.argmin[r]) * t.C;
+}
+
+// Pass 1, one warp per row: norms and cosine of (g_n, p_argmin(n)).
+template <typename acc_t>
+__global__ void backward_cosine_kernel(BackwardParams<acc_t> t) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  if (r >= t.rows) return;
+  const acc_t* gr = t.g + r * t.C;
+  const acc_t* pr = chosen_entry(t, r);
+  acc_t gg = 0, pp = 0, gp = 0;
+  for (int64_t c = lane; c < t.C; c += kWarp) {
+    gg += gr[c] * gr[c];
+    pp += pr[c] * pr[c];
+    gp += gr[c] * pr[c];
+  }
+  gg = warp_sum(gg);
+  pp = warp_sum(pp);
+  gp = warp_sum(gp);
+  if (lane == 0) {
+    const acc_t eps = acc_t(detail::kCosineEps);
+    const acc_t gn = sqrt(gg), pn = sqrt(pp);
+    t.g_norm[r] = gn;
+    t.p_norm[r] = pn;
+    t.cos[r] = gp / (max(gn, eps) * max(pn, eps));
+  }
+}
+
+// Pass 2, one warp per row: d cost / d g written, d cost / d p accumulated atomically.
+template <typename acc_t>
+__global__ void backward_grad_kernel(BackwardParams<acc_t> t) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  if (r >= t.rows) return;
+  const acc_t eps = acc_t(detail::kCosineEps);
+  const acc_t coef = t.coef[r];
+  const acc_t cos = t.cos[r];
+  const acc_t gn = max(t.g_norm[r], eps), pn = max(t.p_norm[r], eps);
+  const bool g_big = t.g_norm[r] > eps, p_big = t.p_norm[r] > eps;
+  const acc_t* gr = t.g + r * t.C;
+  const acc_t* pr = chosen_entry(t, r);
+  for (int64_t c = lane; c < t.C; c += kWarp) {
+    const acc_t g_hat = gr[c] / gn, p_hat = pr[c] / pn;
+    if (t.grad_g != nullptr) {
+      t.grad_g[r * t.C + c] = -coef * (g_big ? (p_hat - cos * g_hat) / gn : p_hat / eps);
+    }
+    if (t.grad_p != nullptr && coef != acc_t(0)) {
+      atomicAdd(t.grad_p + (pr - t.p) + c, -coef * (p_big ? (g_hat - cos * p_hat) / pn : g_hat / eps));
+    }
+  }
+}
+
+template <typename acc_t>
+void launch_backward(BackwardParams<acc_t> params, at::Tensor& coef_holder,
+                     const at::Tensor& grad_loss, const at::Tensor& w, at::Tensor& cos,
+                     at::Tensor* grad_w) {
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t blocks = (params.rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  TORCH_CHECK(blocks <= INT32_MAX, "uremd: too many rows for one launch (", params.rows, ")");
+  backward_cosine_kernel<acc_t><<<static_cast<unsigned>(blocks), kRowsPerBlock * kWarp, 0, stream>>>(params);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // Per problem: dL/dc = w_n / W (0 for a problem without weight), times the incoming gradient.
+  const auto w_sum = w.sum(1);
+  const auto live = w_sum > 0;
+  const auto scale = at::where(live, grad_loss / at::where(live, w_sum, at::ones_like(w_sum)),
+                               at::zeros_like(w_sum));
+  coef_holder = (w * scale.unsqueeze(1)).contiguous();
+  params.coef = coef_holder.data_ptr<acc_t>();
+  if (grad_w != nullptr) {
+    const auto cost = 1 - cos;
+    const auto loss = (w * cost).sum(1, true) / at::where(live, w_sum, at::ones_like(w_sum)).unsqueeze(1);
+    *grad_w = (cost - loss) * scale.unsqueeze(1);
+  }
+  if (params.grad_g != nullptr || params.grad_p != nullptr) {
+    backward_grad_kernel<acc_t><<<static_cast<unsigned>(blocks), kRowsPerBlock * kWarp, 0, stream>>>(params);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> uremd_backward_cuda(
+    const at::Tensor& grad_loss, const at::Tensor& generated, const at::Tensor& palette,
+    const std::optional<at::Tensor>& weight, const at::Tensor& argmin,
+    std::array<bool, 3> output_mask) {
+  detail::check_uremd_backward_inputs(grad_loss, generated, palette, weight, argmin);
+  const c10::cuda::CUDAGuard device_guard(generated.device());
+  const bool has_weight = weight.has_value() && weight->defined();
+  const auto acc = detail::uremd_accumulate_type(generated.scalar_type());
+  const auto g = detail::as_type(generated, acc).contiguous();
+  const auto p = detail::as_type(palette, acc).contiguous();
+  const int64_t B = g.size(0), N = g.size(1);
+  const auto w = has_weight ? detail::as_type(*weight, acc).contiguous() : at::ones({B, N}, g.options());
+  const auto gl = detail::as_type(grad_loss, acc).contiguous();
+  const auto a = argmin.contiguous();
+  auto grad_g = output_mask[0] ? at::zeros_like(g) : at::Tensor();
+  auto grad_p = output_mask[1] ? at::zeros_like(p) : at::Tensor();
+  at::Tensor grad_w;
+  if (g.numel() > 0) {
+    auto cos = at::empty({B, N}, g.options());
+    auto g_norm = at::empty({B, N}, g.options());
+    auto p_norm = at::empty({B, N}, g.options());
+    at::Tensor coef;
+    AT_DISPATCH_FLOATING_TYPES(acc, "uremd_backward_cuda", [&] {
+      BackwardParams<scalar_t> params{};
+      params.g = g.data_ptr<scalar_t>();
+      params.p = p.data_ptr<scalar_t>();
+      params.argmin = a.data_ptr<int64_t>();
+      params.cos = cos.data_ptr<scalar_t>();
+      params.g_norm = g_norm.data_ptr<scalar_t>();
+      params.p_norm = p_norm.data_ptr<scalar_t>();
+      params.grad_g = grad_g.defined() ? grad_g.data_ptr<scalar_t>() : nullptr;
+      params.grad_p = grad_p.defined() ? grad_p.data_ptr<scalar_t>() : nullptr;
+      params.rows = B * N;
+      params.N = N;
+      params.C = g.size(2);
+      params.M = p.size(1);
+      params.shared_palette = p.size(0) == 1 ? 1 : 0;
+      launch_backward<scalar_t>(params, coef, gl, w, cos,
+                                (output_mask[2] && has_weight) ? &grad_w : nullptr);
+    });
+  } else if (output_mask[2] && has_weight) {
+    grad_w = at::zeros_like(w);
+  }
+  auto finish = [](const at::Tensor& t, const at::Tensor& like) {
+    return t.defined() ? detail::as_type(t, like.scalar_type()) : at::empty({0}, like.options());
+  };
+  return {finish(grad_g, generated), finish(grad_p, palette),
+          has_weight ? finish(grad_w, *weight) : at::empty({0}, generated.options())};
+}
+
 }  // namespace
 }  // namespace pickdraw
 
 TORCH_LIBRARY_IMPL(pickdraw, CUDA, m) {
   m.impl("_uremd_row_min", TORCH_FN(pickdraw::uremd_row_min_cuda));
+  m.impl("_uremd_backward", TORCH_FN(pickdraw::uremd_backward_cuda));
 }

@@ -191,3 +191,31 @@ def test_masked_features_do_not_contribute(ops, shape, seed):
     g_req = changed.clone().requires_grad_()
     ops.uremd(g_req, p, mask).sum().backward()
     assert torch.all(g_req.grad[mask == 0] == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize("shared", [False, True])
+def test_fused_backward_matches_the_differentiable_formula(ops, device, dtype, shared):
+    """A plain backward takes the fused kernel; create_graph=True takes the ATen formula."""
+    g, p, w = _inputs(3, 40, 25, 12, dtype=dtype, device=device, shared=shared, weighted=True)
+    g[0, 3] = 0  # a zero feature: the clamped-norm branch
+    p[0, 2] = 0
+    w[1] = 0  # a problem without weight
+    upstream = torch.tensor([0.5, -1.0, 2.0], dtype=dtype, device=device)
+    results = []
+    for create_graph in (False, True):
+        args = [t.clone().requires_grad_() for t in (g, p, w)]
+        grads = torch.autograd.grad((ops.uremd(*args) * upstream).sum(), args, create_graph=create_graph)
+        results.append([x.detach() for x in grads])
+    for fused, formula in zip(*results):
+        assert fused.dtype == dtype
+        torch.testing.assert_close(fused, formula, rtol=TOL[dtype] * 10, atol=TOL[dtype] * 10)
+
+
+def test_opcheck_backward(ops, device):
+    g, p, w = _inputs(2, 9, 7, 4, dtype=torch.float32, device=device, weighted=True)
+    _, _, argmin = ops.uremd_with_argmin(g, p, w)
+    grad_loss = torch.ones(2, device=device)
+    op = torch.ops.pickdraw._uremd_backward.default
+    torch.library.opcheck(op, (grad_loss, g, p, w, argmin, [True, True, True]), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(op, (grad_loss, g, p, None, argmin, [True, False, False]), test_utils=("test_schema", "test_faketensor"))

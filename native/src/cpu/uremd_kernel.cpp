@@ -4,6 +4,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <vector>
+
 #include "ops/uremd_internal.h"
 
 namespace pickdraw {
@@ -60,9 +65,131 @@ std::tuple<at::Tensor, at::Tensor> uremd_row_min_cpu(const at::Tensor& generated
                                /*gemm_in_accumulate_type=*/true, select_tile_cpu);
 }
 
+// Fused backward: the formula of uremd_backward_composite (ops/uremd.cpp) in two passes over
+// the rows, each row touching only its own C features and its chosen palette entry.
+template <typename acc_t>
+void backward_impl(const at::Tensor& grad_loss, const at::Tensor& g, const at::Tensor& p,
+                   const at::Tensor& w, const at::Tensor& argmin, at::Tensor* grad_g,
+                   at::Tensor* grad_p, at::Tensor* grad_w) {
+  const int64_t B = g.size(0), N = g.size(1), C = g.size(2), Bp = p.size(0), M = p.size(1);
+  const acc_t eps = static_cast<acc_t>(detail::kCosineEps);
+  const acc_t* gd = g.data_ptr<acc_t>();
+  const acc_t* pd = p.data_ptr<acc_t>();
+  const acc_t* wd = w.data_ptr<acc_t>();
+  const acc_t* gl = grad_loss.data_ptr<acc_t>();
+  const int64_t* ad = argmin.data_ptr<int64_t>();
+  auto palette_row = [&](int64_t r) {
+    const int64_t b = r / N;
+    return pd + ((Bp == 1 ? 0 : b) * M + ad[r]) * C;
+  };
+
+  // Pass 1: cosine and norms of every (feature, chosen entry) pair.
+  std::vector<acc_t> cos(static_cast<size_t>(B * N)), g_norm(cos.size()), p_norm(cos.size());
+  at::parallel_for(0, B * N, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const acc_t* gr = gd + r * C;
+      const acc_t* pr = palette_row(r);
+      acc_t gg = 0, pp = 0, gp = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        gg += gr[c] * gr[c];
+        pp += pr[c] * pr[c];
+        gp += gr[c] * pr[c];
+      }
+      const acc_t gn = std::sqrt(gg), pn = std::sqrt(pp);
+      g_norm[r] = gn;
+      p_norm[r] = pn;
+      cos[r] = gp / (std::max(gn, eps) * std::max(pn, eps));
+    }
+  });
+  // Per problem: dL/dc scale (0 for a problem without weight) and the loss itself.
+  std::vector<acc_t> scale(static_cast<size_t>(B)), loss(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    acc_t w_sum = 0, num = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      w_sum += wd[b * N + n];
+      num += wd[b * N + n] * (acc_t(1) - cos[b * N + n]);
+    }
+    scale[b] = w_sum > 0 ? gl[b] / w_sum : acc_t(0);
+    loss[b] = w_sum > 0 ? num / w_sum : acc_t(0);
+  }
+  // Pass 2: d cost / d g of each row (rows are independent).
+  if (grad_g != nullptr) {
+    acc_t* out = grad_g->data_ptr<acc_t>();
+    at::parallel_for(0, B * N, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const acc_t coef = wd[r] * scale[r / N];
+        const acc_t* gr = gd + r * C;
+        const acc_t* pr = palette_row(r);
+        const acc_t gn = std::max(g_norm[r], eps), pn = std::max(p_norm[r], eps);
+        acc_t* o = out + r * C;
+        if (g_norm[r] > eps) {
+          for (int64_t c = 0; c < C; ++c) o[c] = -coef * (pr[c] / pn - cos[r] * gr[c] / gn) / gn;
+        } else {
+          for (int64_t c = 0; c < C; ++c) o[c] = -coef * pr[c] / pn / eps;
+        }
+      }
+    });
+  }
+  // Pass 3: palette rows are shared between features, so accumulate serially (not needed by
+  // guidance, which keeps the palette fixed).
+  if (grad_p != nullptr) {
+    acc_t* out = grad_p->data_ptr<acc_t>();
+    for (int64_t r = 0; r < B * N; ++r) {
+      const acc_t coef = wd[r] * scale[r / N];
+      if (coef == 0) continue;
+      const acc_t* gr = gd + r * C;
+      const acc_t* pr = palette_row(r);
+      acc_t* o = out + (palette_row(r) - pd);
+      const acc_t gn = std::max(g_norm[r], eps), pn = std::max(p_norm[r], eps);
+      if (p_norm[r] > eps) {
+        for (int64_t c = 0; c < C; ++c) o[c] += -coef * (gr[c] / gn - cos[r] * pr[c] / pn) / pn;
+      } else {
+        for (int64_t c = 0; c < C; ++c) o[c] += -coef * gr[c] / gn / eps;
+      }
+    }
+  }
+  if (grad_w != nullptr) {
+    acc_t* out = grad_w->data_ptr<acc_t>();
+    for (int64_t r = 0; r < B * N; ++r) out[r] = (acc_t(1) - cos[r] - loss[r / N]) * scale[r / N];
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> uremd_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& generated, const at::Tensor& palette,
+    const std::optional<at::Tensor>& weight, const at::Tensor& argmin,
+    std::array<bool, 3> output_mask) {
+  detail::check_uremd_backward_inputs(grad_loss, generated, palette, weight, argmin);
+  const bool has_weight = weight.has_value() && weight->defined();
+  const auto acc = detail::uremd_accumulate_type(generated.scalar_type());
+  const auto g = detail::as_type(generated, acc).contiguous();
+  const auto p = detail::as_type(palette, acc).contiguous();
+  const auto w = has_weight ? detail::as_type(*weight, acc).contiguous()
+                            : at::ones({g.size(0), g.size(1)}, g.options());
+  const auto gl = detail::as_type(grad_loss, acc).contiguous();
+  const auto a = argmin.contiguous();
+  auto grad_g = output_mask[0] ? at::empty_like(g) : at::Tensor();
+  auto grad_p = output_mask[1] ? at::zeros_like(p) : at::Tensor();
+  auto grad_w = (output_mask[2] && has_weight) ? at::empty_like(w) : at::Tensor();
+  if (g.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(acc, "uremd_backward_cpu", [&] {
+      backward_impl<scalar_t>(gl, g, p, w, a, grad_g.defined() ? &grad_g : nullptr,
+                              grad_p.defined() ? &grad_p : nullptr,
+                              grad_w.defined() ? &grad_w : nullptr);
+    });
+  } else if (grad_g.defined()) {
+    grad_g.zero_();
+  }
+  auto finish = [](const at::Tensor& t, const at::Tensor& like) {
+    return t.defined() ? detail::as_type(t, like.scalar_type()) : at::empty({0}, like.options());
+  };
+  return {finish(grad_g, generated), finish(grad_p, palette),
+          has_weight ? finish(grad_w, *weight) : at::empty({0}, generated.options())};
+}
+
 }  // namespace
 }  // namespace pickdraw
 
 TORCH_LIBRARY_IMPL(pickdraw, CPU, m) {
   m.impl("_uremd_row_min", TORCH_FN(pickdraw::uremd_row_min_cpu));
+  m.impl("_uremd_backward", TORCH_FN(pickdraw::uremd_backward_cpu));
 }

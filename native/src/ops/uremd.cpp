@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <limits>
 
 #include "ops/uremd_internal.h"
@@ -55,6 +56,20 @@ void check_uremd_inputs(const at::Tensor& generated, const at::Tensor& palette,
 // conversion is skipped explicitly instead.
 at::Tensor as_type(const at::Tensor& t, at::ScalarType type) {
   return t.scalar_type() == type ? t : t.to(type);
+}
+
+void check_uremd_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& generated,
+                                 const at::Tensor& palette, const std::optional<at::Tensor>& weight,
+                                 const at::Tensor& argmin) {
+  check_uremd_inputs(generated, palette, weight);
+  PICKDRAW_CHECK_SAME_DEVICE(grad_loss, generated);
+  PICKDRAW_CHECK_SAME_DEVICE(argmin, generated);
+  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == generated.size(0),
+              "grad_loss must be [B] = [", generated.size(0), "], got ", grad_loss.sizes());
+  TORCH_CHECK(argmin.scalar_type() == at::kLong && argmin.dim() == 2 &&
+                  argmin.size(0) == generated.size(0) && argmin.size(1) == generated.size(1),
+              "argmin must be int64 [B, N] matching generated, got ", argmin.scalar_type(), " ",
+              argmin.sizes());
 }
 
 at::ScalarType uremd_accumulate_type(at::ScalarType input) {
@@ -164,6 +179,101 @@ at::Tensor uremd_no_grad(const at::Tensor& generated, const at::Tensor& palette,
   return detail::as_type(weighted_mean(min_cost, weight).loss, generated.scalar_type());
 }
 
+// With c_n = 1 - cos(g_n, p_a(n)), a(n) the argmin held fixed, g^ = g/|g|, p^ = p/|p|:
+//   dc/dg = -(p^ - cos g^) / |g|,  dc/dp = -(g^ - cos p^) / |p|   (|.| > eps)
+//   dc/dg = -p^ / eps,             dc/dp = -g^ / eps             (|.| <= eps: clamped norm)
+//   dL/dc_n = w_n / W,  dL/dw_n = (c_n - L) / W,  all times the incoming grad_output[b].
+// Only the argmin is taken from the forward; everything else is recomputed from the inputs.
+// Written with ATen ops on any device, so a double backward differentiates this formula; the
+// fused kernels (_uremd_backward) compute the same in one pass and are checked against it.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> uremd_backward_composite(
+    const at::Tensor& grad_loss_in, const at::Tensor& generated, const at::Tensor& palette,
+    const std::optional<at::Tensor>& weight, const at::Tensor& argmin,
+    std::array<bool, 3> output_mask) {
+  const bool has_weight = weight.has_value() && weight->defined();
+  const auto acc = detail::uremd_accumulate_type(generated.scalar_type());
+  const int64_t B = generated.size(0), N = generated.size(1), C = generated.size(2);
+  const int64_t Bp = palette.size(0), M = palette.size(1);
+  const auto grad_loss = detail::as_type(grad_loss_in, acc);  // [B]
+  const auto w = has_weight ? detail::as_type(*weight, acc)
+                            : at::ones({B, N}, generated.options().dtype(acc));
+  const auto w_sum = w.sum(1);
+  const auto safe_sum = at::where(w_sum > 0, w_sum, at::ones_like(w_sum));
+  const auto live = (w_sum > 0).to(acc);
+  const auto scale = grad_loss * live / safe_sum;  // [B]
+  const auto coef = w * scale.unsqueeze(1);         // dL/dc_n times grad_output
+
+  at::Tensor grad_generated, grad_palette, grad_weight;
+  const auto [need_g, need_p, need_w_flag] = output_mask;
+  const bool need_w = has_weight && need_w_flag;
+  if (N == 0 || B == 0) {
+    if (need_g) grad_generated = at::zeros_like(generated);
+    if (need_p) grad_palette = at::zeros_like(palette);
+    if (need_w) grad_weight = at::zeros_like(*weight);
+    return {grad_generated, grad_palette, grad_weight};
+  }
+  const auto g = detail::as_type(generated, acc);
+  const auto p = detail::as_type(palette, acc);
+  const auto batch_base = Bp == 1 ? at::zeros({B, 1}, argmin.options())
+                                  : (at::arange(B, argmin.options()) * M).unsqueeze(1);
+  const auto flat_index = (argmin + batch_base).reshape({-1});
+  const auto p_sel = p.reshape({Bp * M, C}).index_select(0, flat_index).view({B, N, C});
+  const auto g_norm = at::linalg_vector_norm(g, 2, {-1}, true);
+  const auto p_norm = at::linalg_vector_norm(p_sel, 2, {-1}, true);
+  const auto g_hat = g / g_norm.clamp_min(detail::kCosineEps);
+  const auto p_hat = p_sel / p_norm.clamp_min(detail::kCosineEps);
+  const auto cos = (g_hat * p_hat).sum(-1, true);
+  const auto c = coef.unsqueeze(-1);
+  if (need_g) {
+    const auto d = at::where(g_norm > detail::kCosineEps,
+                             (p_hat - cos * g_hat) / g_norm.clamp_min(detail::kCosineEps),
+                             p_hat / detail::kCosineEps);
+    grad_generated = detail::as_type(-c * d, generated.scalar_type());
+  }
+  if (need_p) {
+    const auto d = at::where(p_norm > detail::kCosineEps,
+                             (g_hat - cos * p_hat) / p_norm.clamp_min(detail::kCosineEps),
+                             g_hat / detail::kCosineEps);
+    grad_palette = detail::as_type(at::zeros({Bp * M, C}, p.options())
+                                       .index_add(0, flat_index, (-c * d).reshape({B * N, C}))
+                                       .view({Bp, M, C}),
+                                   palette.scalar_type());
+  }
+  if (need_w) {
+    const auto cost = 1 - cos.squeeze(-1);
+    const auto mean = (w * cost).sum(1, true) / safe_sum.unsqueeze(1);
+    grad_weight = detail::as_type((cost - mean) * scale.unsqueeze(1), weight->scalar_type());
+  }
+  return {grad_generated, grad_palette, grad_weight};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_backward(
+    const at::Tensor& grad_loss, const at::Tensor& generated, const at::Tensor& palette,
+    const std::optional<at::Tensor>& weight, const at::Tensor& argmin,
+    std::array<bool, 3> output_mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pickdraw::_uremd_backward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const std::optional<at::Tensor>&, const at::Tensor&,
+                           std::array<bool, 3>)>();
+  return op.call(grad_loss, generated, palette, weight, argmin, output_mask);
+}
+
+// Shapes of the fused backward's results: unrequested gradients are empty tensors.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_meta(
+    const at::Tensor& grad_loss, const at::Tensor& generated, const at::Tensor& palette,
+    const std::optional<at::Tensor>& weight, const at::Tensor& argmin,
+    std::array<bool, 3> output_mask) {
+  detail::check_uremd_backward_inputs(grad_loss, generated, palette, weight, argmin);
+  auto empty = [&](bool needed, const at::Tensor& like) {
+    return needed ? at::empty_like(like) : at::empty({0}, like.options());
+  };
+  const bool has_weight = weight.has_value() && weight->defined();
+  return {empty(output_mask[0], generated), empty(output_mask[1], palette),
+          has_weight ? empty(output_mask[2], *weight) : at::empty({0}, generated.options())};
+}
+
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -182,77 +292,24 @@ class UremdFunction : public torch::autograd::Function<UremdFunction> {
     return detail::as_type(mean.loss, generated.scalar_type());
   }
 
-  // With c_n = 1 - cos(g_n, p_a(n)), a(n) the argmin held fixed, g^ = g/|g|, p^ = p/|p|:
-  //   dc/dg = -(p^ - cos g^) / |g|,  dc/dp = -(g^ - cos p^) / |p|   (|.| > eps)
-  //   dc/dg = -p^ / eps,             dc/dp = -g^ / eps             (|.| <= eps: clamped norm)
-  //   dL/dc_n = w_n / W,  dL/dw_n = (c_n - L) / W,  all times the incoming grad_output[b].
-  // Only the argmin is taken from the forward; everything else is recomputed from the inputs.
-  // Written with ATen ops, so a double backward (create_graph) differentiates this formula.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    const auto& generated = saved[0];
-    const auto& palette = saved[1];
     const bool has_weight = ctx->saved_data["has_weight"].toBool();
-    const auto& argmin = saved[3];
-    const auto acc = detail::uremd_accumulate_type(generated.scalar_type());
-    const int64_t B = generated.size(0), N = generated.size(1), C = generated.size(2);
-    const int64_t Bp = palette.size(0), M = palette.size(1);
-
-    const auto grad_loss = detail::as_type(grad_outputs[0], acc);  // [B]
-    const auto w = has_weight ? detail::as_type(saved[2], acc)
-                              : at::ones({B, N}, generated.options().dtype(acc));
-    const auto w_sum = w.sum(1);
-    const auto safe_sum = at::where(w_sum > 0, w_sum, at::ones_like(w_sum));
-    const auto live = (w_sum > 0).to(acc);
-    // coef[b, n] = dL_b/dc_n * grad_loss[b]
-    const auto coef = (w * (grad_loss * live / safe_sum).unsqueeze(1));
-
-    at::Tensor grad_generated, grad_palette, grad_weight;
-    const bool need_g = ctx->needs_input_grad(0), need_p = ctx->needs_input_grad(1);
-    const bool need_w = has_weight && ctx->needs_input_grad(2);
-    if (N == 0) {
-      if (need_g) grad_generated = at::zeros_like(generated);
-      if (need_p) grad_palette = at::zeros_like(palette);
-      if (need_w) grad_weight = at::zeros_like(saved[2]);
-      return {grad_generated, grad_palette, grad_weight};
+    const std::optional<at::Tensor> weight =
+        has_weight ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                   has_weight && ctx->needs_input_grad(2)};
+    // A double backward (create_graph=True) needs the formula as differentiable ATen ops; a
+    // plain backward, the guidance case, takes the fused kernel.
+    auto grads = at::GradMode::is_enabled()
+                     ? uremd_backward_composite(grad_outputs[0], saved[0], saved[1], weight,
+                                                saved[3], mask)
+                     : call_backward(grad_outputs[0], saved[0], saved[1], weight, saved[3], mask);
+    variable_list out{std::get<0>(grads), std::get<1>(grads), std::get<2>(grads)};
+    for (size_t i = 0; i < 3; ++i) {
+      if (!mask[i]) out[i] = at::Tensor();
     }
-    // The chosen palette entries, gathered: p_sel[b, n] = palette[b or 0, argmin[b, n]].
-    const auto g = detail::as_type(generated, acc);
-    const auto p = detail::as_type(palette, acc);
-    const auto batch_base = Bp == 1 ? at::zeros({B, 1}, argmin.options())
-                                    : (at::arange(B, argmin.options()) * M).unsqueeze(1);
-    const auto flat_index = (argmin + batch_base).reshape({-1});
-    const auto p_sel = p.reshape({Bp * M, C}).index_select(0, flat_index).view({B, N, C});
-    const auto g_norm = at::linalg_vector_norm(g, 2, {-1}, true);
-    const auto p_norm = at::linalg_vector_norm(p_sel, 2, {-1}, true);
-    const auto g_hat = g / g_norm.clamp_min(detail::kCosineEps);
-    const auto p_hat = p_sel / p_norm.clamp_min(detail::kCosineEps);
-    const auto cos = (g_hat * p_hat).sum(-1, true);
-    const auto c = coef.unsqueeze(-1);
-    if (need_g) {
-      const auto d = at::where(g_norm > detail::kCosineEps,
-                               (p_hat - cos * g_hat) / g_norm.clamp_min(detail::kCosineEps),
-                               p_hat / detail::kCosineEps);
-      grad_generated = detail::as_type(-c * d, generated.scalar_type());
-    }
-    if (need_p) {
-      const auto d = at::where(p_norm > detail::kCosineEps,
-                               (g_hat - cos * p_hat) / p_norm.clamp_min(detail::kCosineEps),
-                               g_hat / detail::kCosineEps);
-      grad_palette = detail::as_type(at::zeros({Bp * M, C}, p.options())
-                                         .index_add(0, flat_index, (-c * d).reshape({B * N, C}))
-                                         .view({Bp, M, C}),
-                                     palette.scalar_type());
-    }
-    if (need_w) {
-      // Recomputed from the gathered entries (equal to the saved minima up to rounding) so that
-      // a double backward sees how the weight gradient depends on the features too.
-      const auto cost = 1 - cos.squeeze(-1);
-      const auto mean = (w * cost).sum(1, true) / safe_sum.unsqueeze(1);
-      grad_weight = detail::as_type((cost - mean) * (grad_loss * live / safe_sum).unsqueeze(1),
-                                    saved[2].scalar_type());
-    }
-    return {grad_generated, grad_palette, grad_weight};
+    return out;
   }
 };
 
@@ -260,6 +317,16 @@ at::Tensor uremd_autograd(const at::Tensor& generated, const at::Tensor& palette
                           const std::optional<at::Tensor>& weight) {
   return UremdFunction::apply(generated, palette, weight);
 }
+
+#ifndef PICKDRAW_WITH_CUDA
+// A CPU-only build still answers for CUDA tensors, with the reason and the fix instead of the
+// dispatcher's generic "could not run with arguments from the 'CUDA' backend".
+std::tuple<at::Tensor, at::Tensor> row_min_without_cuda(const at::Tensor&, const at::Tensor&) {
+  TORCH_CHECK(false, "UREMD got CUDA tensors, but this Pick-and-Draw library was built without "
+              "CUDA kernels (install.py printed why: usually no CUDA toolkit matching torch's "
+              "CUDA). Install that toolkit and rerun install.py.");
+}
+#endif
 
 }  // namespace
 
@@ -287,6 +354,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> uremd_with_argmin(
 TORCH_LIBRARY(pickdraw, m) {
   m.def("uremd(Tensor generated, Tensor palette, Tensor? weight=None) -> Tensor");
   m.def("_uremd_row_min(Tensor generated, Tensor palette) -> (Tensor min_cost, Tensor argmin)");
+  m.def("_uremd_backward(Tensor grad_loss, Tensor generated, Tensor palette, Tensor? weight, "
+        "Tensor argmin, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(pickdraw, CompositeExplicitAutograd, m) {
@@ -299,4 +368,11 @@ TORCH_LIBRARY_IMPL(pickdraw, Autograd, m) {
 
 TORCH_LIBRARY_IMPL(pickdraw, Meta, m) {
   m.impl("_uremd_row_min", TORCH_FN(pickdraw::row_min_meta));
+  m.impl("_uremd_backward", TORCH_FN(pickdraw::backward_meta));
 }
+
+#ifndef PICKDRAW_WITH_CUDA
+TORCH_LIBRARY_IMPL(pickdraw, CUDA, m) {
+  m.impl("_uremd_row_min", TORCH_FN(pickdraw::row_min_without_cuda));
+}
+#endif

@@ -33,6 +33,11 @@ using TileSelectFn = void (*)(const TileSelect&);
 void check_uremd_inputs(const at::Tensor& generated, const at::Tensor& palette,
                         const std::optional<at::Tensor>& weight);
 
+// Validates the arguments of the fused backward (_uremd_backward), the same way.
+void check_uremd_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& generated,
+                                 const at::Tensor& palette, const std::optional<at::Tensor>& weight,
+                                 const at::Tensor& argmin);
+
 // t converted to `type`, or t itself (without a dispatcher call) when it already has that dtype.
 at::Tensor as_type(const at::Tensor& t, at::ScalarType type);
 
