@@ -108,10 +108,16 @@ def decide_cuda(torch, cpu_only: bool) -> tuple[bool, str | None, str]:
             f"install CUDA toolkit {torch.version.cuda} and rerun to get the CUDA kernels"
         )
     found = nvcc_version(nvcc)
-    if found != torch.version.cuda:
+    # CUDA keeps binary compatibility within a major version (as torch.utils.cpp_extension
+    # accepts), not across majors.
+    if found is None or found.split(".")[0] != torch.version.cuda.split(".")[0]:
         return False, None, (
             f"CPU build: nvcc {found} at {nvcc} does not match torch's CUDA {torch.version.cuda}; "
             f"install CUDA toolkit {torch.version.cuda} (or set CUDA_HOME to it) and rerun"
+        )
+    if found != torch.version.cuda:
+        return True, nvcc, (
+            f"CUDA build: nvcc {found} and torch's CUDA {torch.version.cuda} share the major version"
         )
     return True, nvcc, f"CUDA build: nvcc {found} matches torch's CUDA {torch.version.cuda}"
 

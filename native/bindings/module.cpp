@@ -2,8 +2,12 @@
 // in the core library); the bindings below add what is not a tensor op, plus thin typed entries
 // for the ops with docstrings. Tensors cross as at::Tensor through torch's own casters: no copies.
 #include <pybind11/pybind11.h>
+#include <pybind11/functional.h>
 #include <pybind11/stl.h>
 #include <torch/extension.h>
+
+#include <functional>
+#include <stdexcept>
 
 #include "pickdraw/gaussian_smoothing.h"
 #include "pickdraw/guidance_files.h"
@@ -18,6 +22,63 @@ using namespace pickdraw;
 
 namespace {
 
+// Every binding converts C++ errors into Python ones itself and hands pybind11 a ready Python
+// error (error_already_set), instead of leaving it to the chain of registered exception
+// translators: that chain is shared with torch's own module when both were built alike, and its
+// outcome then depends on the build of torch. ValueError for bad values, IndexError for bad
+// indices, RuntimeError for the rest.
+[[noreturn]] void raise_as_python_error() {
+  try {
+    throw;
+  } catch (const py::error_already_set&) {
+    throw;
+  } catch (const c10::IndexError& e) {
+    PyErr_SetString(PyExc_IndexError, e.what_without_backtrace());
+  } catch (const c10::ValueError& e) {
+    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+  } catch (const std::invalid_argument& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  throw py::error_already_set();
+}
+
+template <typename R, typename... A>
+std::function<R(A...)> guarded(R (*f)(A...)) {
+  return [f](A... args) -> R {
+    try {
+      return f(std::forward<A>(args)...);
+    } catch (...) {
+      raise_as_python_error();
+    }
+  };
+}
+
+template <typename R, typename C, typename... A>
+std::function<R(const C&, A...)> guarded(R (C::*f)(A...) const) {
+  return [f](const C& self, A... args) -> R {
+    try {
+      return (self.*f)(std::forward<A>(args)...);
+    } catch (...) {
+      raise_as_python_error();
+    }
+  };
+}
+
+template <typename R, typename C, typename... A>
+std::function<R(C&, A...)> guarded(R (C::*f)(A...)) {
+  return [f](C& self, A... args) -> R {
+    try {
+      return (self.*f)(std::forward<A>(args)...);
+    } catch (...) {
+      raise_as_python_error();
+    }
+  };
+}
+
 py::dict build_info() {
   py::dict info;
   info["pickdraw_version"] = PICKDRAW_VERSION;
@@ -31,8 +92,7 @@ py::dict build_info() {
   return info;
 }
 
-template <typename Store>
-py::dict entries_dict(const Store& store) {
+py::dict entries_dict(const GuidanceStore& store) {
   py::dict out;
   for (const auto& [key, tensor] : store.entries()) {
     out[py::make_tuple(key.first, key.second)] = tensor;
@@ -40,23 +100,14 @@ py::dict entries_dict(const Store& store) {
   return out;
 }
 
-template <typename Store, typename Holder>
-void bind_store_methods(py::class_<Store, Holder>& cls) {
-  cls.def(py::init<GuidanceMetadata>(), py::arg("metadata"))
-      .def_property_readonly("metadata", &Store::metadata)
-      .def_property_readonly("kind", &Store::kind)
-      .def("set", &Store::set, py::arg("sigma_index"), py::arg("layer_key"), py::arg("value"),
-           "Store the entry of (sigma_index, layer_key); validated for this kind.")
-      .def("has", &Store::has, py::arg("sigma_index"), py::arg("layer_key"))
-      .def("get", &Store::get, py::arg("sigma_index"), py::arg("layer_key"))
-      .def("match_sigma", &Store::match_sigma, py::arg("sigma"), py::arg("relative_tolerance") = 0.05,
-           "The recorded sigma nearest to `sigma` in log space; ValueError outside the range.")
-      .def("lookup", &Store::lookup, py::arg("sigma"), py::arg("layer_key"),
-           py::arg("relative_tolerance") = 0.05,
-           "The entry of layer_key at the recorded sigma nearest to `sigma`.")
-      .def("check_complete", &Store::check_complete)
-      .def("__len__", &Store::num_entries)
-      .def("entries", &entries_dict<Store>, "{(sigma_index, layer_key): tensor}");
+Palette palette_from_python_bytes(const py::bytes& data) {
+  const std::string_view view = data;
+  return palette_from_bytes(reinterpret_cast<const uint8_t*>(view.data()), view.size());
+}
+
+LayoutTemplate layout_template_from_python_bytes(const py::bytes& data) {
+  const std::string_view view = data;
+  return layout_template_from_bytes(reinterpret_cast<const uint8_t*>(view.data()), view.size());
 }
 
 }  // namespace
@@ -64,33 +115,22 @@ void bind_store_methods(py::class_<Store, Holder>& cls) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Pick-and-Draw native guidance library (ops also in torch.ops.pickdraw).";
 
-  py::register_local_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const c10::ValueError& e) {
-      PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
-    } catch (const c10::IndexError& e) {
-      PyErr_SetString(PyExc_IndexError, e.what_without_backtrace());
-    } catch (const c10::Error& e) {
-      PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
-    }
-  });
-
   m.def("build_info", &build_info,
         "What this module was built against: pickdraw_version, torch_version, cuda (bool), "
         "guidance_format_version.");
 
-  m.def("uremd", &uremd, py::arg("generated"), py::arg("palette"), py::arg("weight") = py::none(),
+  m.def("uremd", guarded(&uremd), py::arg("generated"), py::arg("palette"),
+        py::arg("weight") = py::none(),
         R"doc(UREMD loss per problem: sum_n w[b,n] min_m (1 - cos(G[b,n], P[b,m])) / sum_n w[b,n].
 
 generated: [B, N, C] float16/bfloat16/float32/float64; palette: [B or 1, M, C] same dtype and
 device; weight: optional [B, N] weights or 0/1 mask. Returns [B] in the input dtype. Ties go to
 the lowest palette index. Differentiable in all three inputs.)doc");
-  m.def("uremd_with_argmin", &uremd_with_argmin, py::arg("generated"), py::arg("palette"),
+  m.def("uremd_with_argmin", guarded(&uremd_with_argmin), py::arg("generated"), py::arg("palette"),
         py::arg("weight") = py::none(),
         "Forward only: (loss [B], min_cost [B, N] float32/float64, argmin [B, N] int64).");
 
-  m.def("saliency_mask", &saliency_mask, py::arg("token_map"), py::arg("tau"),
+  m.def("saliency_mask", guarded(&saliency_mask), py::arg("token_map"), py::arg("tau"),
         py::arg("min_pixels") = 4, py::arg("out_size") = py::none(),
         R"doc(Binary subject mask from a [B, H, W] token map (no gradient).
 
@@ -98,26 +138,27 @@ Resampled to out_size = (height, width) (antialiased bilinear), min-max normalis
 thresholded (> tau); when fewer than min_pixels pass, the min_pixels largest values instead.
 Returns [B, height, width] 0/1 in the map's dtype.)doc");
   m.def("average_token_maps",
-        [](const std::vector<at::Tensor>& maps, std::array<int64_t, 2> size) {
+        guarded(+[](const std::vector<at::Tensor>& maps, std::array<int64_t, 2> size) {
           return average_token_maps(maps, size);
-        },
+        }),
         py::arg("maps"), py::arg("size"),
         "Mean of [B, h_i, w_i] maps after resampling each to size = (height, width): [B, height, width].");
-  m.def("resample_maps", &resample_maps, py::arg("maps"), py::arg("size"),
+  m.def("resample_maps", guarded(&resample_maps), py::arg("maps"), py::arg("size"),
         "[B, H, W] -> [B, height, width], antialiased bilinear, align_corners=False.");
 
-  m.def("gaussian_kernel_1d", &gaussian_kernel_1d, py::arg("kernel_size"), py::arg("sigma"),
+  m.def("gaussian_kernel_1d", guarded(&gaussian_kernel_1d), py::arg("kernel_size"),
+        py::arg("sigma"),
         "Normalised 1-D Gaussian taps, float64 [kernel_size] (odd kernel_size, sigma > 0).");
-  m.def("gaussian_smooth", &gaussian_smooth, py::arg("maps"), py::arg("kernel_size"),
+  m.def("gaussian_smooth", guarded(&gaussian_smooth), py::arg("maps"), py::arg("kernel_size"),
         py::arg("sigma"),
         "Separable Gaussian blur of [..., H, W] maps with reflect padding; differentiable.");
   m.def("layout_loss",
-        [](const std::vector<at::Tensor>& maps, const std::vector<at::Tensor>& templates,
-           int64_t kernel_size, double sigma, bool templates_smoothed) {
+        guarded(+[](const std::vector<at::Tensor>& maps, const std::vector<at::Tensor>& templates,
+                    int64_t kernel_size, double sigma, bool templates_smoothed) {
           return layout_loss(maps, templates, kernel_size, sigma, templates_smoothed);
-        },
-        py::arg("maps"), py::arg("templates"),
-        py::arg("kernel_size") = 3, py::arg("sigma") = 0.5, py::arg("templates_smoothed") = false,
+        }),
+        py::arg("maps"), py::arg("templates"), py::arg("kernel_size") = 3, py::arg("sigma") = 0.5,
+        py::arg("templates_smoothed") = false,
         R"doc(Layout loss [B]: mean over layers of ||S(A_l) - S(T_l)||_F.
 
 maps: list of [B, H_l, W_l]; templates: list of [B or 1, H_l, W_l] (already smoothed when
@@ -131,7 +172,7 @@ templates_smoothed). Differentiable in maps.)doc");
         return "SigmaMatch(index=" + std::to_string(s.index) +
                ", recorded=" + std::to_string(s.recorded) + ")";
       });
-  m.def("nearest_sigma", &nearest_sigma, py::arg("recorded"), py::arg("requested"),
+  m.def("nearest_sigma", guarded(&nearest_sigma), py::arg("recorded"), py::arg("requested"),
         py::arg("relative_tolerance") = 0.05,
         "Nearest recorded sigma in log space; ValueError when outside [min/(1+tol), max*(1+tol)].");
 
@@ -156,37 +197,57 @@ templates_smoothed). Differentiable in maps.)doc");
       .def_readwrite("feature_source", &GuidanceMetadata::feature_source)
       .def_readwrite("tau", &GuidanceMetadata::tau)
       .def_readwrite("extra", &GuidanceMetadata::extra)
-      .def("to_json", [](const GuidanceMetadata& md, const std::string& kind) {
-        return metadata_to_json(md, kind);
-      }, py::arg("kind"))
-      .def_static("from_json", [](const std::string& text, const std::string& kind) {
-        return metadata_from_json(text, kind);
-      }, py::arg("text"), py::arg("kind"));
+      .def("to_json",
+           guarded(+[](const GuidanceMetadata& md, const std::string& kind) {
+             return metadata_to_json(md, kind);
+           }),
+           py::arg("kind"))
+      .def_static("from_json",
+                  guarded(+[](const std::string& text, const std::string& kind) {
+                    return metadata_from_json(text, kind);
+                  }),
+                  py::arg("text"), py::arg("kind"));
 
-  py::class_<Palette, std::shared_ptr<Palette>> palette(
-      m, "Palette", "Masked reference features per (sigma, layer): entries [M, C].");
-  bind_store_methods(palette);
-  palette
-      .def("save", [](const Palette& p, const std::string& path) { save_palette(p, path); },
+  py::class_<GuidanceStore, std::shared_ptr<GuidanceStore>>(
+      m, "GuidanceStore", "Tensors recorded per (sigma index, layer key), with their metadata.")
+      .def_property_readonly("metadata", &GuidanceStore::metadata)
+      .def_property_readonly("kind", &GuidanceStore::kind)
+      .def("set", guarded(&GuidanceStore::set), py::arg("sigma_index"), py::arg("layer_key"),
+           py::arg("value"), "Store the entry of (sigma_index, layer_key); validated for this kind.")
+      .def("has", &GuidanceStore::has, py::arg("sigma_index"), py::arg("layer_key"))
+      .def("get", guarded(&GuidanceStore::get), py::arg("sigma_index"), py::arg("layer_key"))
+      .def("match_sigma", guarded(&GuidanceStore::match_sigma), py::arg("sigma"),
+           py::arg("relative_tolerance") = 0.05,
+           "The recorded sigma nearest to `sigma` in log space; ValueError outside the range.")
+      .def("lookup", guarded(&GuidanceStore::lookup), py::arg("sigma"), py::arg("layer_key"),
+           py::arg("relative_tolerance") = 0.05,
+           "The entry of layer_key at the recorded sigma nearest to `sigma`.")
+      .def("check_complete", guarded(&GuidanceStore::check_complete))
+      .def("__len__", &GuidanceStore::num_entries)
+      .def("entries", &entries_dict, "{(sigma_index, layer_key): tensor}");
+
+  py::class_<Palette, GuidanceStore, std::shared_ptr<Palette>>(
+      m, "Palette", "Masked reference features per (sigma, layer): entries [M, C].")
+      .def(py::init(guarded(+[](GuidanceMetadata md) { return std::make_shared<Palette>(std::move(md)); })),
+           py::arg("metadata"))
+      .def("save", guarded(+[](const Palette& p, const std::string& path) { save_palette(p, path); }),
            py::arg("path"), "Write atomically as .safetensors.")
-      .def("to_bytes", [](const Palette& p) { return py::bytes(palette_to_bytes(p)); })
-      .def_static("load", &load_palette, py::arg("path"))
-      .def_static("from_bytes", [](const py::bytes& b) {
-        const std::string_view view = b;
-        return palette_from_bytes(reinterpret_cast<const uint8_t*>(view.data()), view.size());
-      }, py::arg("data"));
+      .def("to_bytes", guarded(+[](const Palette& p) { return py::bytes(palette_to_bytes(p)); }))
+      .def_static("load", guarded(&load_palette), py::arg("path"))
+      .def_static("from_bytes", guarded(&palette_from_python_bytes), py::arg("data"));
 
-  py::class_<LayoutTemplate, std::shared_ptr<LayoutTemplate>> layout_template(
-      m, "LayoutTemplate", "Smoothed subject maps per (sigma, layer): entries [B, H, W].");
-  bind_store_methods(layout_template);
-  layout_template
-      .def("save", [](const LayoutTemplate& t, const std::string& path) {
-        save_layout_template(t, path);
-      }, py::arg("path"), "Write atomically as .safetensors.")
-      .def("to_bytes", [](const LayoutTemplate& t) { return py::bytes(layout_template_to_bytes(t)); })
-      .def_static("load", &load_layout_template, py::arg("path"))
-      .def_static("from_bytes", [](const py::bytes& b) {
-        const std::string_view view = b;
-        return layout_template_from_bytes(reinterpret_cast<const uint8_t*>(view.data()), view.size());
-      }, py::arg("data"));
+  py::class_<LayoutTemplate, GuidanceStore, std::shared_ptr<LayoutTemplate>>(
+      m, "LayoutTemplate", "Smoothed subject maps per (sigma, layer): entries [B, H, W].")
+      .def(py::init(guarded(+[](GuidanceMetadata md) {
+             return std::make_shared<LayoutTemplate>(std::move(md));
+           })),
+           py::arg("metadata"))
+      .def("save", guarded(+[](const LayoutTemplate& t, const std::string& path) {
+             save_layout_template(t, path);
+           }),
+           py::arg("path"), "Write atomically as .safetensors.")
+      .def("to_bytes",
+           guarded(+[](const LayoutTemplate& t) { return py::bytes(layout_template_to_bytes(t)); }))
+      .def_static("load", guarded(&load_layout_template), py::arg("path"))
+      .def_static("from_bytes", guarded(&layout_template_from_python_bytes), py::arg("data"));
 }

@@ -88,8 +88,12 @@ if(PICKDRAW_WITH_CUDA)
   _pickdraw_torch_library(_c10_cuda c10_cuda)
   _pickdraw_torch_library(_torch_cuda torch_cuda)
   add_library(pickdraw::torch_cuda INTERFACE IMPORTED)
+  # --no-as-needed: our code calls nothing in libtorch_cuda directly, but that library is what
+  # registers ATen's CUDA kernels; a linker that drops unused libraries (the default on Ubuntu)
+  # would leave executables such as the GoogleTest binaries without them. torch's own CMake
+  # config does the same.
   set_target_properties(pickdraw::torch_cuda PROPERTIES
-    INTERFACE_LINK_LIBRARIES "pickdraw::torch;${_c10_cuda};${_torch_cuda}")
+    INTERFACE_LINK_LIBRARIES "pickdraw::torch;-Wl,--no-as-needed;${_c10_cuda};${_torch_cuda};-Wl,--as-needed")
 endif()
 
 message(STATUS "pickdraw: torch ${PICKDRAW_TORCH_VERSION} (CUDA '${PICKDRAW_TORCH_CUDA}') from ${PICKDRAW_PYTHON}")

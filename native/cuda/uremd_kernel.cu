@@ -70,8 +70,9 @@ __global__ void select_tile_kernel(TileParams<acc_t> t) {
   if (lane == 0) {
     acc_t* out_cost = t.best_cost + b * t.best_stride_b + i * t.best_stride_r;
     int64_t* out_index = t.best_index + b * t.index_stride_b + i * t.index_stride_r;
-    // Earlier tiles hold lower indices, so only a strictly smaller cost replaces them.
-    if (best < *out_cost) {
+    // Earlier tiles hold lower indices, so only a strictly smaller cost replaces them; the first
+    // tile of a row starts its running minimum.
+    if (t.col_offset == 0 || best < *out_cost) {
       *out_cost = best;
       *out_index = t.col_offset + arg;
     }
@@ -106,6 +107,43 @@ void launch_select(const detail::TileSelect& t) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// One warp per row of [R, C] (contiguous): out[r] = 1 / max(|x_r|, eps), in acc_t.
+template <typename scalar_t, typename acc_t>
+__global__ void inverse_norms_kernel(const scalar_t* x, acc_t* out, int64_t rows, int64_t C) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  if (r >= rows) return;
+  acc_t sum = 0;
+  for (int64_t c = lane; c < C; c += kWarp) {
+    const acc_t v = static_cast<acc_t>(x[r * C + c]);
+    sum += v * v;
+  }
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
+  if (lane == 0) out[r] = acc_t(1) / max(sqrt(sum), acc_t(detail::kCosineEps));
+}
+
+at::Tensor inverse_norms_cuda(const at::Tensor& x_in, at::ScalarType acc) {
+  const auto x = x_in.contiguous();
+  auto out = at::empty({x.size(0), x.size(1)}, x.options().dtype(acc));
+  const int64_t rows = x.size(0) * x.size(1);
+  if (rows == 0) return out;
+  const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  TORCH_CHECK(blocks <= INT32_MAX, "uremd: too many rows for one launch (", rows, ")");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "uremd_inverse_norms", [&] {
+    if (acc == at::kDouble) {
+      inverse_norms_kernel<scalar_t, double><<<static_cast<unsigned>(blocks), kRowsPerBlock * kWarp, 0,
+                                               at::cuda::getCurrentCUDAStream()>>>(
+          x.data_ptr<scalar_t>(), out.data_ptr<double>(), rows, x.size(2));
+    } else {
+      inverse_norms_kernel<scalar_t, float><<<static_cast<unsigned>(blocks), kRowsPerBlock * kWarp, 0,
+                                              at::cuda::getCurrentCUDAStream()>>>(
+          x.data_ptr<scalar_t>(), out.data_ptr<float>(), rows, x.size(2));
+    }
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 void select_tile_cuda(const detail::TileSelect& t) {
   if (t.dots.scalar_type() == at::kDouble) {
     launch_select<double>(t);
@@ -119,7 +157,8 @@ std::tuple<at::Tensor, at::Tensor> uremd_row_min_cuda(const at::Tensor& generate
   detail::check_uremd_inputs(generated, palette, std::nullopt);
   const c10::cuda::CUDAGuard device_guard(generated.device());
   return detail::tiled_row_min(generated, palette, kCudaTileElements,
-                               /*gemm_in_accumulate_type=*/false, select_tile_cuda);
+                               /*gemm_in_accumulate_type=*/false,
+                               {select_tile_cuda, inverse_norms_cuda});
 }
 
 // --- fused backward: the formula of uremd_backward_composite (ops/uremd.cpp) -------------------
@@ -200,25 +239,49 @@ __global__ void backward_grad_kernel(BackwardParams<acc_t> t) {
   }
 }
 
+// One block per problem b: scale[b] = grad_loss[b] / sum_n w[b,n] (0 when that sum is 0), and
+// coef[b,n] = w[b,n] * scale[b], the incoming gradient of each row's cost. w == nullptr means 1.
+constexpr int kScaleThreads = 256;
 template <typename acc_t>
-void launch_backward(BackwardParams<acc_t> params, at::Tensor& coef_holder,
-                     const at::Tensor& grad_loss, const at::Tensor& w, at::Tensor& cos,
-                     at::Tensor* grad_w) {
+__global__ void backward_scale_kernel(const acc_t* grad_loss, const acc_t* w, acc_t* scale,
+                                      acc_t* coef, int64_t N) {
+  __shared__ acc_t partial[kScaleThreads];
+  const int64_t b = blockIdx.x;
+  acc_t sum = 0;
+  for (int64_t n = threadIdx.x; n < N; n += kScaleThreads) sum += w ? w[b * N + n] : acc_t(1);
+  partial[threadIdx.x] = sum;
+  __syncthreads();
+  for (int stride = kScaleThreads / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+    __syncthreads();
+  }
+  const acc_t w_sum = partial[0];
+  const acc_t s = w_sum > 0 ? grad_loss[b] / w_sum : acc_t(0);
+  if (threadIdx.x == 0) scale[b] = s;
+  for (int64_t n = threadIdx.x; n < N; n += kScaleThreads) coef[b * N + n] = (w ? w[b * N + n] : acc_t(1)) * s;
+}
+
+template <typename acc_t>
+void launch_backward(BackwardParams<acc_t> params, const at::Tensor& grad_loss,
+                     const at::Tensor* w, const at::Tensor& cos, at::Tensor* grad_w) {
   const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t B = grad_loss.size(0);
   const int64_t blocks = (params.rows + kRowsPerBlock - 1) / kRowsPerBlock;
-  TORCH_CHECK(blocks <= INT32_MAX, "uremd: too many rows for one launch (", params.rows, ")");
+  TORCH_CHECK(blocks <= INT32_MAX && B <= INT32_MAX, "uremd: too many rows for one launch (",
+              params.rows, ")");
   backward_cosine_kernel<acc_t><<<static_cast<unsigned>(blocks), kRowsPerBlock * kWarp, 0, stream>>>(params);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  // Per problem: dL/dc = w_n / W (0 for a problem without weight), times the incoming gradient.
-  const auto w_sum = w.sum(1);
-  const auto live = w_sum > 0;
-  const auto scale = at::where(live, grad_loss / at::where(live, w_sum, at::ones_like(w_sum)),
-                               at::zeros_like(w_sum));
-  coef_holder = (w * scale.unsqueeze(1)).contiguous();
-  params.coef = coef_holder.data_ptr<acc_t>();
-  if (grad_w != nullptr) {
+  auto scale = at::empty({B}, cos.options());
+  auto coef = at::empty_like(cos);
+  backward_scale_kernel<acc_t><<<static_cast<unsigned>(B), kScaleThreads, 0, stream>>>(
+      grad_loss.data_ptr<acc_t>(), w ? w->data_ptr<acc_t>() : nullptr, scale.data_ptr<acc_t>(),
+      coef.data_ptr<acc_t>(), params.N);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  params.coef = coef.data_ptr<acc_t>();
+  if (grad_w != nullptr) {  // d L / d w_n = (c_n - L) * grad_output / W, with L the weighted mean
     const auto cost = 1 - cos;
-    const auto loss = (w * cost).sum(1, true) / at::where(live, w_sum, at::ones_like(w_sum)).unsqueeze(1);
+    const auto w_sum = w->sum(1, true);
+    const auto loss = (*w * cost).sum(1, true) / at::where(w_sum > 0, w_sum, at::ones_like(w_sum));
     *grad_w = (cost - loss) * scale.unsqueeze(1);
   }
   if (params.grad_g != nullptr || params.grad_p != nullptr) {
@@ -238,17 +301,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> uremd_backward_cuda(
   const auto g = detail::as_type(generated, acc).contiguous();
   const auto p = detail::as_type(palette, acc).contiguous();
   const int64_t B = g.size(0), N = g.size(1);
-  const auto w = has_weight ? detail::as_type(*weight, acc).contiguous() : at::ones({B, N}, g.options());
+  const auto w = has_weight ? detail::as_type(*weight, acc).contiguous() : at::Tensor();
   const auto gl = detail::as_type(grad_loss, acc).contiguous();
   const auto a = argmin.contiguous();
-  auto grad_g = output_mask[0] ? at::zeros_like(g) : at::Tensor();
+  auto grad_g = output_mask[0] ? at::empty_like(g) : at::Tensor();  // every row is written
   auto grad_p = output_mask[1] ? at::zeros_like(p) : at::Tensor();
   at::Tensor grad_w;
   if (g.numel() > 0) {
     auto cos = at::empty({B, N}, g.options());
     auto g_norm = at::empty({B, N}, g.options());
     auto p_norm = at::empty({B, N}, g.options());
-    at::Tensor coef;
     AT_DISPATCH_FLOATING_TYPES(acc, "uremd_backward_cuda", [&] {
       BackwardParams<scalar_t> params{};
       params.g = g.data_ptr<scalar_t>();
@@ -264,11 +326,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> uremd_backward_cuda(
       params.C = g.size(2);
       params.M = p.size(1);
       params.shared_palette = p.size(0) == 1 ? 1 : 0;
-      launch_backward<scalar_t>(params, coef, gl, w, cos,
+      launch_backward<scalar_t>(params, gl, has_weight ? &w : nullptr, cos,
                                 (output_mask[2] && has_weight) ? &grad_w : nullptr);
     });
-  } else if (output_mask[2] && has_weight) {
-    grad_w = at::zeros_like(w);
+  } else {
+    if (grad_g.defined()) grad_g.zero_();
+    if (output_mask[2] && has_weight) grad_w = at::zeros_like(w);
   }
   auto finish = [](const at::Tensor& t, const at::Tensor& like) {
     return t.defined() ? detail::as_type(t, like.scalar_type()) : at::empty({0}, like.options());

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "ops/uremd_internal.h"
@@ -33,8 +34,9 @@ void select_tile_impl(const detail::TileSelect& t) {
       const acc_t* row = dots + r * cols;
       const acc_t gi = g_inv[b][i];
       const auto pi = p_inv[b * p_batch_stride];
-      acc_t best = best_cost[b][i];
-      int64_t arg = best_index[b][i];
+      const bool first_tile = t.col_offset == 0;
+      acc_t best = first_tile ? std::numeric_limits<acc_t>::infinity() : best_cost[b][i];
+      int64_t arg = first_tile ? 0 : best_index[b][i];
       for (int64_t j = 0; j < cols; ++j) {
         const acc_t cost = acc_t(1) - row[j] * gi * pi[j];
         if (cost < best) {  // strict: earlier (lower) indices win ties
@@ -62,7 +64,8 @@ std::tuple<at::Tensor, at::Tensor> uremd_row_min_cpu(const at::Tensor& generated
   // Reduced-precision inputs are converted once (O((N + M) * C)): CPU half GEMMs are slow and
   // would round the dot products to half before the minimum is taken.
   return detail::tiled_row_min(generated, palette, kCpuTileElements,
-                               /*gemm_in_accumulate_type=*/true, select_tile_cpu);
+                               /*gemm_in_accumulate_type=*/true,
+                               {select_tile_cpu, detail::inverse_norms_aten});
 }
 
 // Fused backward: the formula of uremd_backward_composite (ops/uremd.cpp) in two passes over

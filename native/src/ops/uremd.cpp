@@ -76,7 +76,7 @@ at::ScalarType uremd_accumulate_type(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-static at::Tensor inverse_norms(const at::Tensor& x, at::ScalarType acc) {
+at::Tensor inverse_norms_aten(const at::Tensor& x, at::ScalarType acc) {
   return at::linalg_vector_norm(x, 2, {-1}, /*keepdim=*/false, acc)
       .clamp_min(kCosineEps)
       .reciprocal();
@@ -86,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor> tiled_row_min(const at::Tensor& generated,
                                                  const at::Tensor& palette,
                                                  int64_t tile_elements,
                                                  bool gemm_in_accumulate_type,
-                                                 TileSelectFn select) {
+                                                 const RowMinKernels& kernels) {
   const auto acc = uremd_accumulate_type(generated.scalar_type());
   const int64_t B = generated.size(0), N = generated.size(1), M = palette.size(1);
   auto g = generated;
@@ -96,12 +96,11 @@ std::tuple<at::Tensor, at::Tensor> tiled_row_min(const at::Tensor& generated,
   if (shared_palette) g = g.reshape({1, B * N, g.size(2)});
   const int64_t Bg = g.size(0), Ng = g.size(1);
 
-  auto best_cost = at::full({Bg, Ng}, std::numeric_limits<double>::infinity(),
-                            generated.options().dtype(acc));
-  auto best_index = at::zeros({Bg, Ng}, generated.options().dtype(at::kLong));
+  auto best_cost = at::empty({Bg, Ng}, generated.options().dtype(acc));
+  auto best_index = at::empty({Bg, Ng}, generated.options().dtype(at::kLong));
   if (Bg > 0 && Ng > 0 && M > 0) {
-    const auto g_inv = inverse_norms(g, acc);
-    const auto p_inv = inverse_norms(p, acc);
+    const auto g_inv = kernels.inverse_norms(g, acc);
+    const auto p_inv = kernels.inverse_norms(p, acc);
     if (gemm_in_accumulate_type) {
       g = detail::as_type(g, acc);
       p = detail::as_type(p, acc);
@@ -123,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor> tiled_row_min(const at::Tensor& generated,
         } else {
           at::bmm_out(dots, g_rows, p_cols_t, acc);  // tensor-core GEMM, float32 result
         }
-        select(TileSelect{dots, g_inv.narrow(1, r0, rn), p_inv.narrow(1, c0, cn), c0,
+        kernels.select(TileSelect{dots, g_inv.narrow(1, r0, rn), p_inv.narrow(1, c0, cn), c0,
                           best_cost.narrow(1, r0, rn), best_index.narrow(1, r0, rn)});
       }
     }
@@ -158,25 +157,23 @@ std::tuple<at::Tensor, at::Tensor> call_row_min(const at::Tensor& generated,
 }
 
 // Weighted mean of the row minima: sum_n w_n c_n / sum_n w_n, 0 where the weights sum to 0.
-// Returns (loss in accumulate dtype, weights in accumulate dtype, weight sums).
-struct WeightedMean {
-  at::Tensor loss, weight, weight_sum;
-};
-WeightedMean weighted_mean(const at::Tensor& min_cost, const std::optional<at::Tensor>& weight) {
-  const auto w = (weight.has_value() && weight->defined())
-                     ? detail::as_type(*weight, min_cost.scalar_type())
-                     : at::ones_like(min_cost);
+// In the accumulate dtype of min_cost.
+at::Tensor weighted_mean(const at::Tensor& min_cost, const std::optional<at::Tensor>& weight) {
+  if (!(weight.has_value() && weight->defined())) {
+    // One reduction; a mean over N = 0 would be NaN, the loss is 0 there.
+    return min_cost.size(1) > 0 ? min_cost.mean(1) : at::zeros({min_cost.size(0)}, min_cost.options());
+  }
+  const auto w = detail::as_type(*weight, min_cost.scalar_type());
   const auto w_sum = w.sum(1);
   const auto safe_sum = at::where(w_sum > 0, w_sum, at::ones_like(w_sum));
-  const auto loss = at::where(w_sum > 0, (w * min_cost).sum(1) / safe_sum, at::zeros_like(w_sum));
-  return {loss, w, w_sum};
+  return at::where(w_sum > 0, (w * min_cost).sum(1) / safe_sum, at::zeros_like(w_sum));
 }
 
 at::Tensor uremd_no_grad(const at::Tensor& generated, const at::Tensor& palette,
                          const std::optional<at::Tensor>& weight) {
   detail::check_uremd_inputs(generated, palette, weight);
   auto [min_cost, argmin] = call_row_min(generated, palette);
-  return detail::as_type(weighted_mean(min_cost, weight).loss, generated.scalar_type());
+  return detail::as_type(weighted_mean(min_cost, weight), generated.scalar_type());
 }
 
 // With c_n = 1 - cos(g_n, p_a(n)), a(n) the argmin held fixed, g^ = g/|g|, p^ = p/|p|:
@@ -284,12 +281,12 @@ class UremdFunction : public torch::autograd::Function<UremdFunction> {
     at::AutoDispatchBelowADInplaceOrView guard;
     detail::check_uremd_inputs(generated, palette, weight);
     auto [min_cost, argmin] = call_row_min(generated, palette);
-    const auto mean = weighted_mean(min_cost, weight);
+    const auto loss = weighted_mean(min_cost, weight);
     const bool has_weight = weight.has_value() && weight->defined();
     ctx->saved_data["has_weight"] = has_weight;
     // Only the argmin is kept from the forward (B x N indices); the backward recomputes the rest.
     ctx->save_for_backward({generated, palette, has_weight ? *weight : at::Tensor(), argmin});
-    return detail::as_type(mean.loss, generated.scalar_type());
+    return detail::as_type(loss, generated.scalar_type());
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -345,7 +342,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> uremd_with_argmin(
   at::NoGradGuard no_grad;
   detail::check_uremd_inputs(generated, palette, weight);
   auto [min_cost, argmin] = call_row_min(generated, palette);
-  auto loss = detail::as_type(weighted_mean(min_cost, weight).loss, generated.scalar_type());
+  auto loss = detail::as_type(weighted_mean(min_cost, weight), generated.scalar_type());
   return {loss, min_cost, argmin};
 }
 

@@ -27,6 +27,17 @@ struct TileSelect {
   at::Tensor best_index;  // [B, rows] view, in/out: running argmin (int64)
 };
 using TileSelectFn = void (*)(const TileSelect&);
+// Inverse norms 1 / max(|x|, eps) over the last dim of [B, R, C], as [B, R] in `acc`.
+using InverseNormsFn = at::Tensor (*)(const at::Tensor& x, at::ScalarType acc);
+
+// What a device provides to the tiled driver.
+struct RowMinKernels {
+  TileSelectFn select;
+  InverseNormsFn inverse_norms;
+};
+
+// The device-generic inverse norms (ATen ops), for devices without a fused kernel.
+at::Tensor inverse_norms_aten(const at::Tensor& x, at::ScalarType acc);
 
 // Validates the public arguments of uremd; every kernel entry calls it (the C++ API can reach a
 // kernel without the Python wrapper).
@@ -45,13 +56,14 @@ at::Tensor as_type(const at::Tensor& t, at::ScalarType type);
 at::ScalarType uremd_accumulate_type(at::ScalarType input);
 
 // The tiled driver. Tiles are visited in increasing palette index and `select` must replace the
-// running minimum only when strictly smaller: that is the lowest-index tie rule.
+// running minimum only when strictly smaller: that is the lowest-index tie rule. The running
+// minimum is not initialised: a tile with col_offset 0 starts it.
 // `tile_elements` bounds the scratch tile; `gemm_in_accumulate_type` converts reduced-precision
 // inputs before the GEMM (CPU) instead of asking the GEMM for a float32 result (CUDA).
 std::tuple<at::Tensor, at::Tensor> tiled_row_min(const at::Tensor& generated,
                                                  const at::Tensor& palette,
                                                  int64_t tile_elements,
                                                  bool gemm_in_accumulate_type,
-                                                 TileSelectFn select);
+                                                 const RowMinKernels& kernels);
 
 }  // namespace pickdraw::detail
