@@ -19,22 +19,19 @@ namespace {
 
 constexpr int kWarp = 32;
 constexpr int kRowsPerBlock = 8;  // one warp per row, 256 threads
-// 2^21 float32 = 8 MiB of scratch: 6% of what the plain torch version allocates at
-// N = M = 4096 (the N x M cost matrix and its gradient), and each tile GEMM is still large.
-constexpr int64_t kCudaTileElements = int64_t(1) << 21;
+// 3 * 2^20 float32 = 12 MiB of scratch: under 10% of the N x M cost matrix the plain torch
+// version allocates at N = M = 4096, in 6 tiles there. Fewer, larger tiles matter on a GPU: each
+// tile costs a GEMM launch and a select launch of host time.
+constexpr int64_t kCudaTileElements = int64_t(3) << 20;
 
 template <typename acc_t>
 struct TileParams {
-  const acc_t* dots;  // [B, rows, cols] contiguous
-  const acc_t* g_inv;
-  int64_t g_inv_stride_b, g_inv_stride_r;
-  const acc_t* p_inv;
-  int64_t p_inv_stride_b, p_inv_stride_c;
-  acc_t* best_cost;
-  int64_t best_stride_b, best_stride_r;
-  int64_t* best_index;
-  int64_t index_stride_b, index_stride_r;
-  int64_t batches, rows, cols, col_offset;
+  const acc_t* dots;   // [B, rows, cols] contiguous
+  const acc_t* g_inv;  // [B, N] contiguous
+  const acc_t* p_inv;  // [Bp, M] contiguous
+  acc_t* best_cost;    // [B, N] contiguous
+  int64_t* best_index; // [B, N] contiguous
+  int64_t batches, rows, cols, N, M, row_offset, col_offset, shared_palette;
 };
 
 template <typename acc_t>
@@ -42,17 +39,17 @@ __global__ void select_tile_kernel(TileParams<acc_t> t) {
   const int lane = threadIdx.x % kWarp;
   const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   if (r >= t.batches * t.rows) return;  // whole warp leaves together: r is uniform per warp
-  const int64_t b = r / t.rows, i = r % t.rows;
+  const int64_t b = r / t.rows, i = t.row_offset + r % t.rows;
   const acc_t* row = t.dots + r * t.cols;
-  const acc_t gi = t.g_inv[b * t.g_inv_stride_b + i * t.g_inv_stride_r];
-  const acc_t* pi = t.p_inv + b * t.p_inv_stride_b;
+  const acc_t gi = t.g_inv[b * t.N + i];
+  const acc_t* pi = t.p_inv + (t.shared_palette ? 0 : b * t.M) + t.col_offset;
 
   // Each lane scans columns lane, lane + 32, ... in increasing order; strict '<' keeps the
   // lowest index of a tie within the lane.
   acc_t best = INFINITY;
   int64_t arg = INT64_MAX;
   for (int64_t j = lane; j < t.cols; j += kWarp) {
-    const acc_t cost = acc_t(1) - row[j] * gi * pi[j * t.p_inv_stride_c];
+    const acc_t cost = acc_t(1) - row[j] * gi * pi[j];
     if (cost < best) {
       best = cost;
       arg = j;
@@ -68,8 +65,8 @@ __global__ void select_tile_kernel(TileParams<acc_t> t) {
     }
   }
   if (lane == 0) {
-    acc_t* out_cost = t.best_cost + b * t.best_stride_b + i * t.best_stride_r;
-    int64_t* out_index = t.best_index + b * t.index_stride_b + i * t.index_stride_r;
+    acc_t* out_cost = t.best_cost + b * t.N + i;
+    int64_t* out_index = t.best_index + b * t.N + i;
     // Earlier tiles hold lower indices, so only a strictly smaller cost replaces them; the first
     // tile of a row starts its running minimum.
     if (t.col_offset == 0 || best < *out_cost) {
@@ -84,27 +81,31 @@ void launch_select(const detail::TileSelect& t) {
   TileParams<acc_t> p{};
   p.dots = t.dots.data_ptr<acc_t>();
   p.g_inv = t.g_inv_norm.data_ptr<acc_t>();
-  p.g_inv_stride_b = t.g_inv_norm.stride(0);
-  p.g_inv_stride_r = t.g_inv_norm.stride(1);
   p.p_inv = t.p_inv_norm.data_ptr<acc_t>();
-  p.p_inv_stride_b = t.p_inv_norm.size(0) == 1 ? 0 : t.p_inv_norm.stride(0);
-  p.p_inv_stride_c = t.p_inv_norm.stride(1);
   p.best_cost = t.best_cost.data_ptr<acc_t>();
-  p.best_stride_b = t.best_cost.stride(0);
-  p.best_stride_r = t.best_cost.stride(1);
   p.best_index = t.best_index.data_ptr<int64_t>();
-  p.index_stride_b = t.best_index.stride(0);
-  p.index_stride_r = t.best_index.stride(1);
   p.batches = t.dots.size(0);
   p.rows = t.dots.size(1);
   p.cols = t.dots.size(2);
+  p.N = t.best_cost.size(1);
+  p.M = t.p_inv_norm.size(1);
+  p.row_offset = t.row_offset;
   p.col_offset = t.col_offset;
+  p.shared_palette = t.p_inv_norm.size(0) == 1 ? 1 : 0;
   const int64_t total_rows = p.batches * p.rows;
   const int64_t blocks = (total_rows + kRowsPerBlock - 1) / kRowsPerBlock;
   TORCH_CHECK(blocks <= INT32_MAX, "uremd: too many rows for one launch (", total_rows, ")");
   select_tile_kernel<acc_t><<<static_cast<unsigned>(blocks), kRowsPerBlock * kWarp, 0,
                               at::cuda::getCurrentCUDAStream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void select_tile_cuda(const detail::TileSelect& t) {
+  if (t.dots.scalar_type() == at::kDouble) {
+    launch_select<double>(t);
+  } else {
+    launch_select<float>(t);
+  }
 }
 
 // One warp per row of [R, C] (contiguous): out[r] = 1 / max(|x_r|, eps), in acc_t.
@@ -142,14 +143,6 @@ at::Tensor inverse_norms_cuda(const at::Tensor& x_in, at::ScalarType acc) {
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
-}
-
-void select_tile_cuda(const detail::TileSelect& t) {
-  if (t.dots.scalar_type() == at::kDouble) {
-    launch_select<double>(t);
-  } else {
-    launch_select<float>(t);
-  }
 }
 
 std::tuple<at::Tensor, at::Tensor> uremd_row_min_cuda(const at::Tensor& generated,

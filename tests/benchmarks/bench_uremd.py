@@ -130,6 +130,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=0, help="timed repetitions (default: 30 on CUDA, 7 on CPU)")
     parser.add_argument("--shapes", default="", help="override, e.g. '1024x1024x640,4096x4096x320'")
     parser.add_argument("--json", default="", help="write the results here")
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's kernel table of the native fwd+bwd at the last shape")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     repeats = args.repeats or (30 if args.device == "cuda" else 7)
@@ -159,6 +160,17 @@ def main():
                 f"{row['plain_scratch_mib']:9.1f} {row['native_scratch_mib']:10.1f} {row['memory_ratio']:9.3f}",
                 flush=True,
             )
+    if args.profile:
+        n, m, c = shapes[-1]
+        run = make_case("native", n, m, c, args.device, dtype, True)
+        run()
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if args.device == "cuda" else [])
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(10):
+                run()
+            sync(args.device)
+        sort = "cuda_time_total" if args.device == "cuda" else "cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=25))
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device_name, "torch": torch.__version__, "rows": rows}, indent=1))
         print(f"wrote {args.json}")

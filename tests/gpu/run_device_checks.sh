@@ -45,12 +45,32 @@ if [ -d build-device/tests/native ]; then
   "$CTEST" --test-dir build-device --output-on-failure --timeout 300 -j4 || status=1
 fi
 
-stamp "pytest"
-"$PYTHON" -m pytest tests/python -q -rs -p no:cacheprovider || status=1
+stamp "C++ exceptions into Python (torch's and ours)"
+"$PYTHON" -X faulthandler -c 'import torch
+try:
+    torch.ones(2) @ torch.ones(3)
+except RuntimeError:
+    print("torch: C++ exception became RuntimeError")'
+echo "exit code $?"
+"$PYTHON" -X faulthandler -c 'import sys; sys.path.insert(0, "tests/python"); import conftest, importlib; conftest.import_pack()
+ops = importlib.import_module("pickdraw_pack.nodes.ops")
+try:
+    ops.nearest_sigma([1.0], 100.0)
+except ValueError:
+    print("pickdraw: C++ exception became ValueError")'
+echo "exit code $?"
+PYBIN="$(readlink -f "$(command -v "$PYTHON")")"
+echo "python binary $PYBIN exports $(nm -D "$PYBIN" 2>/dev/null | grep -c _Unwind) _Unwind symbols"
+ldd nodes/ops/_C*.so | grep -E "stdc|gcc_s|unwind" || true
+
+stamp "pytest, one file at a time (a crash in one does not hide the others)"
+for f in tests/python/test_*.py; do
+  "$PYTHON" -m pytest "$f" -q -rs -p no:cacheprovider || status=1
+done
 
 stamp "UREMD benchmarks"
 if "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-  "$PYTHON" tests/benchmarks/bench_uremd.py --device cuda --json "$OUT/uremd_cuda_float32.json" || status=1
+  "$PYTHON" tests/benchmarks/bench_uremd.py --device cuda --json "$OUT/uremd_cuda_float32.json" --profile || status=1
   "$PYTHON" tests/benchmarks/bench_uremd.py --device cuda --dtype float16 --json "$OUT/uremd_cuda_float16.json" || status=1
 else
   echo "no CUDA device: CUDA benchmarks not run"

@@ -22,21 +22,22 @@ constexpr int64_t kCpuTileElements = 256 * 1024;
 template <typename acc_t>
 void select_tile_impl(const detail::TileSelect& t) {
   const int64_t B = t.dots.size(0), rows = t.dots.size(1), cols = t.dots.size(2);
+  const int64_t N = t.best_cost.size(1), M = t.p_inv_norm.size(1);
   const acc_t* dots = t.dots.data_ptr<acc_t>();
-  const auto g_inv = t.g_inv_norm.accessor<acc_t, 2>();
-  const auto p_inv = t.p_inv_norm.accessor<acc_t, 2>();
-  auto best_cost = t.best_cost.accessor<acc_t, 2>();
-  auto best_index = t.best_index.accessor<int64_t, 2>();
-  const int64_t p_batch_stride = t.p_inv_norm.size(0) == 1 ? 0 : 1;
+  const acc_t* g_inv = t.g_inv_norm.data_ptr<acc_t>();
+  const acc_t* p_inv_base = t.p_inv_norm.data_ptr<acc_t>();
+  acc_t* best_cost = t.best_cost.data_ptr<acc_t>();
+  int64_t* best_index = t.best_index.data_ptr<int64_t>();
+  const bool shared_palette = t.p_inv_norm.size(0) == 1;
+  const bool first_tile = t.col_offset == 0;
   at::parallel_for(0, B * rows, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / rows, i = r % rows;
+      const int64_t b = r / rows, i = t.row_offset + r % rows;
       const acc_t* row = dots + r * cols;
-      const acc_t gi = g_inv[b][i];
-      const auto pi = p_inv[b * p_batch_stride];
-      const bool first_tile = t.col_offset == 0;
-      acc_t best = first_tile ? std::numeric_limits<acc_t>::infinity() : best_cost[b][i];
-      int64_t arg = first_tile ? 0 : best_index[b][i];
+      const acc_t gi = g_inv[b * N + i];
+      const acc_t* pi = p_inv_base + (shared_palette ? 0 : b * M) + t.col_offset;
+      acc_t best = first_tile ? std::numeric_limits<acc_t>::infinity() : best_cost[b * N + i];
+      int64_t arg = first_tile ? 0 : best_index[b * N + i];
       for (int64_t j = 0; j < cols; ++j) {
         const acc_t cost = acc_t(1) - row[j] * gi * pi[j];
         if (cost < best) {  // strict: earlier (lower) indices win ties
@@ -44,8 +45,8 @@ void select_tile_impl(const detail::TileSelect& t) {
           arg = t.col_offset + j;
         }
       }
-      best_cost[b][i] = best;
-      best_index[b][i] = arg;
+      best_cost[b * N + i] = best;
+      best_index[b * N + i] = arg;
     }
   });
 }

@@ -110,20 +110,33 @@ std::tuple<at::Tensor, at::Tensor> tiled_row_min(const at::Tensor& generated,
     const int64_t cols = std::min<int64_t>(M, std::max<int64_t>(32, tile_elements / (Bg * Ng)));
     const int64_t rows = std::min<int64_t>(Ng, std::max<int64_t>(1, tile_elements / (Bg * cols)));
     auto scratch = at::empty({Bg * rows * cols}, generated.options().dtype(acc));
+    // One problem (the usual case: a single palette) is a plain GEMM: no batch bookkeeping.
+    const auto g2 = Bg == 1 ? g[0] : at::Tensor();
+    const auto p2 = Bg == 1 ? p[0] : at::Tensor();
     for (int64_t r0 = 0; r0 < Ng; r0 += rows) {
       const int64_t rn = std::min(rows, Ng - r0);
-      const auto g_rows = g.narrow(1, r0, rn);
       for (int64_t c0 = 0; c0 < M; c0 += cols) {
         const int64_t cn = std::min(cols, M - c0);
         auto dots = scratch.narrow(0, 0, Bg * rn * cn).view({Bg, rn, cn});
-        const auto p_cols_t = p.narrow(1, c0, cn).transpose(1, 2);
-        if (g.scalar_type() == acc) {
-          at::bmm_out(dots, g_rows, p_cols_t);
+        if (Bg == 1) {
+          auto out = dots[0];
+          const auto a = rn == Ng ? g2 : g2.narrow(0, r0, rn);
+          const auto b = (cn == M ? p2 : p2.narrow(0, c0, cn)).t();
+          if (g.scalar_type() == acc) {
+            at::mm_out(out, a, b);
+          } else {
+            at::mm_out(out, a, b, acc);  // tensor-core GEMM, float32 result
+          }
         } else {
-          at::bmm_out(dots, g_rows, p_cols_t, acc);  // tensor-core GEMM, float32 result
+          const auto a = g.narrow(1, r0, rn);
+          const auto b = p.narrow(1, c0, cn).transpose(1, 2);
+          if (g.scalar_type() == acc) {
+            at::bmm_out(dots, a, b);
+          } else {
+            at::bmm_out(dots, a, b, acc);
+          }
         }
-        kernels.select(TileSelect{dots, g_inv.narrow(1, r0, rn), p_inv.narrow(1, c0, cn), c0,
-                          best_cost.narrow(1, r0, rn), best_index.narrow(1, r0, rn)});
+        kernels.select(TileSelect{dots, g_inv, p_inv, r0, c0, best_cost, best_index});
       }
     }
   }

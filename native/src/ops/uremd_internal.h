@@ -17,14 +17,17 @@ namespace pickdraw::detail {
 // which vectors count as "zero".
 constexpr double kCosineEps = 1e-8;
 
-// One tile handed to a select pass. All tensors are on the kernel's device.
+// One tile handed to a select pass. All tensors are on the kernel's device; the tile covers rows
+// [row_offset, row_offset + rows) and palette columns [col_offset, col_offset + cols). The other
+// tensors are passed whole (no per-tile views: on a GPU each view is host time).
 struct TileSelect {
-  at::Tensor dots;        // [B, rows, cols] accumulate dtype, contiguous: the tile's dot products
-  at::Tensor g_inv_norm;  // [B, rows] view (any strides) of the generated features' inverse norms
-  at::Tensor p_inv_norm;  // [B, cols] view of the palette's inverse norms
-  int64_t col_offset;     // palette index of the tile's first column
-  at::Tensor best_cost;   // [B, rows] view, in/out: running minimum cost
-  at::Tensor best_index;  // [B, rows] view, in/out: running argmin (int64)
+  const at::Tensor& dots;        // [B, rows, cols] accumulate dtype, contiguous: dot products
+  const at::Tensor& g_inv_norm;  // [B, N] contiguous: inverse norms of the generated features
+  const at::Tensor& p_inv_norm;  // [Bp, M] contiguous (Bp = 1: shared palette)
+  int64_t row_offset;
+  int64_t col_offset;
+  at::Tensor& best_cost;         // [B, N] contiguous, in/out: running minimum cost
+  at::Tensor& best_index;        // [B, N] contiguous, in/out: running argmin (int64)
 };
 using TileSelectFn = void (*)(const TileSelect&);
 // Inverse norms 1 / max(|x|, eps) over the last dim of [B, R, C], as [B, R] in `acc`.
