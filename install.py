@@ -144,6 +144,15 @@ SELF_CHECK = textwrap.dedent(
         torch.testing.assert_close(loss, reference.uremd(g, p))
         loss.sum().backward()
         assert torch.isfinite(g.grad).all()
+    # A C++ error must reach Python as an exception (see the crash handling in install.py).
+    try:
+        ops.nearest_sigma([1.0], 100.0)
+    except ValueError:
+        pass
+    try:
+        ops.uremd(torch.zeros(1, 2, 3), torch.zeros(1, 0, 3))
+    except RuntimeError:
+        pass
     print(" ".join(devices))
     """
 )
@@ -192,10 +201,21 @@ def main() -> None:
         [sys.executable, "-c", SELF_CHECK.format(init=str(ROOT / "__init__.py"), root=str(ROOT))],
         capture_output=True, text=True,
     )
+    if check.returncode < 0:
+        sys.stderr.write(check.stderr)
+        fail(
+            f"the self-check crashed (signal {-check.returncode}); a crash when a C++ error is raised "
+            "means the compiler's runtime does not match the one Python loads",
+            "delete the build folder and rebuild with the system compiler, e.g. "
+            f"CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++ {Path(sys.executable).name} install.py",
+        )
     if check.returncode != 0:
         sys.stderr.write(check.stderr)
         fail("the self-check of the built library failed (output above)", "report it with the output above")
-    say(f"self-check passed: UREMD value and gradient agree with the PyTorch reference on {check.stdout.strip()}")
+    say(
+        f"self-check passed: UREMD value and gradient agree with the PyTorch reference on "
+        f"{check.stdout.strip()}; C++ errors reach Python as exceptions"
+    )
 
 
 if __name__ == "__main__":

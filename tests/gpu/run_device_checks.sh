@@ -31,7 +31,14 @@ if compgen -G ".deb/*.deb" > /dev/null; then
   export CMAKE_PREFIX_PATH="/tmp/pickdraw-prefix/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
 fi
 
-stamp "build (CUDA kernels when the toolkit matches torch's CUDA)"
+# Build with the distribution's own compiler when there is one. A compiler installed beside it
+# with its own support files (for example a wrapper passing -B/opt/gcc/...) produced libraries
+# whose C++ exceptions crashed the Python process that loaded them (every TORCH_CHECK became a
+# segfault), while the same code built with /usr/bin/g++ raised proper Python errors.
+if [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then
+  export CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++
+fi
+stamp "build (CUDA kernels when the toolkit matches torch's CUDA), CXX=${CXX:-default}"
 if ! "$PYTHON" install.py --with-tests --build-dir build-device; then
   stamp "build with GoogleTest failed; retrying without the native test binaries"
   rm -rf build-device/CMakeCache.txt
