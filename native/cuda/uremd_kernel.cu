@@ -326,11 +326,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> uremd_backward_cuda(
     if (grad_g.defined()) grad_g.zero_();
     if (output_mask[2] && has_weight) grad_w = at::zeros_like(w);
   }
-  auto finish = [](const at::Tensor& t, const at::Tensor& like) {
-    return t.defined() ? detail::as_type(t, like.scalar_type()) : at::empty({0}, like.options());
-  };
-  return {finish(grad_g, generated), finish(grad_p, palette),
-          has_weight ? finish(grad_w, *weight) : at::empty({0}, generated.options())};
+  return detail::backward_results(grad_g, grad_p, grad_w, generated, palette, weight);
 }
 
 }  // namespace

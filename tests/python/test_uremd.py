@@ -221,3 +221,15 @@ def test_opcheck_backward(ops, device):
     op = torch.ops.pickdraw._uremd_backward.default
     torch.library.opcheck(op, (grad_loss, g, p, w, argmin, [True, True, True]), test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(op, (grad_loss, g, p, None, argmin, [True, False, False]), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_zero_channel_features(ops, reference, device):
+    """C = 0: every feature is a zero vector, cosine 0, cost 1; gradients exist and are 0."""
+    g = torch.zeros(2, 4, 0, dtype=torch.float64, device=device, requires_grad=True)
+    p = torch.zeros(2, 3, 0, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.rand(2, 4, dtype=torch.float64, device=device, requires_grad=True)
+    loss = ops.uremd(g, p, w)
+    torch.testing.assert_close(loss, reference.uremd(g, p, w))
+    loss.sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w))
+    assert g.grad.shape == g.shape and p.grad.shape == p.shape

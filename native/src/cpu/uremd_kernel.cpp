@@ -180,14 +180,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> uremd_backward_cpu(
                               grad_p.defined() ? &grad_p : nullptr,
                               grad_w.defined() ? &grad_w : nullptr);
     });
-  } else if (grad_g.defined()) {
-    grad_g.zero_();
+  } else {  // N = 0 or C = 0: nothing to gather; every gradient is 0
+    if (grad_g.defined()) grad_g.zero_();
+    if (grad_w.defined()) grad_w.zero_();
   }
-  auto finish = [](const at::Tensor& t, const at::Tensor& like) {
-    return t.defined() ? detail::as_type(t, like.scalar_type()) : at::empty({0}, like.options());
-  };
-  return {finish(grad_g, generated), finish(grad_p, palette),
-          has_weight ? finish(grad_w, *weight) : at::empty({0}, generated.options())};
+  return detail::backward_results(grad_g, grad_p, grad_w, generated, palette, weight);
 }
 
 }  // namespace

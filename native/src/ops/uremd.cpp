@@ -72,6 +72,17 @@ void check_uremd_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& 
               argmin.sizes());
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_results(
+    const at::Tensor& grad_generated, const at::Tensor& grad_palette, const at::Tensor& grad_weight,
+    const at::Tensor& generated, const at::Tensor& palette, const std::optional<at::Tensor>& weight) {
+  auto finish = [](const at::Tensor& t, const at::Tensor& like) {
+    return t.defined() ? as_type(t, like.scalar_type()) : at::empty({0}, like.options());
+  };
+  const bool has_weight = weight.has_value() && weight->defined();
+  return {finish(grad_generated, generated), finish(grad_palette, palette),
+          has_weight ? finish(grad_weight, *weight) : at::empty({0}, generated.options())};
+}
+
 at::ScalarType uremd_accumulate_type(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
 }

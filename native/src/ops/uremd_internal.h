@@ -52,6 +52,12 @@ void check_uremd_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& 
                                  const at::Tensor& palette, const std::optional<at::Tensor>& weight,
                                  const at::Tensor& argmin);
 
+// The fused backward kernels' results in the schema's form: each gradient converted to its
+// input's dtype, an empty tensor where a gradient was not requested (undefined here).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_results(
+    const at::Tensor& grad_generated, const at::Tensor& grad_palette, const at::Tensor& grad_weight,
+    const at::Tensor& generated, const at::Tensor& palette, const std::optional<at::Tensor>& weight);
+
 // t converted to `type`, or t itself (without a dispatcher call) when it already has that dtype.
 at::Tensor as_type(const at::Tensor& t, at::ScalarType type);
 
