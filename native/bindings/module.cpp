@@ -9,6 +9,7 @@
 #include <functional>
 #include <stdexcept>
 
+#include "pickdraw/attention_recorder.h"
 #include "pickdraw/gaussian_smoothing.h"
 #include "pickdraw/guidance_files.h"
 #include "pickdraw/guidance_store.h"
@@ -250,4 +251,43 @@ templates_smoothed). Differentiable in maps.)doc");
            guarded(+[](const LayoutTemplate& t) { return py::bytes(layout_template_to_bytes(t)); }))
       .def_static("load", guarded(&load_layout_template), py::arg("path"))
       .def_static("from_bytes", guarded(&layout_template_from_python_bytes), py::arg("data"));
+
+  py::class_<LayerCapture>(m, "LayerCapture", "What a watched layer keeps: maps and/or features.")
+      .def(py::init([](bool maps, bool features) { return LayerCapture{maps, features}; }),
+           py::arg("maps") = false, py::arg("features") = false)
+      .def_readwrite("maps", &LayerCapture::maps)
+      .def_readwrite("features", &LayerCapture::features);
+
+  py::class_<AttentionRecorder, std::shared_ptr<AttentionRecorder>>(
+      m, "AttentionRecorder",
+      R"doc(Cross-attention callback that records the guidance terms' inputs.
+
+layers: {layer_key: LayerCapture}; token_indices: prompt token positions whose maps are kept.
+maps(): {layer: [Bc, T, H, W]} head-averaged probabilities of the conditional rows;
+features(): {layer: [Bc, N, heads*dim]} attention outputs of the conditional rows.)doc")
+      .def(py::init(guarded(+[](std::map<std::string, LayerCapture> layers,
+                                std::vector<int64_t> token_indices) {
+             return std::make_shared<AttentionRecorder>(std::move(layers), std::move(token_indices));
+           })),
+           py::arg("layers"), py::arg("token_indices"))
+      .def("cross_attention",
+           guarded(+[](AttentionRecorder& r, const at::Tensor& q, const at::Tensor& k,
+                       const at::Tensor& v, const std::string& layer_key, int64_t heads,
+                       std::vector<int64_t> cond_or_uncond, int64_t height, int64_t width) {
+             return r.cross_attention(q, k, v,
+                                      AttentionCall{layer_key, heads, std::move(cond_or_uncond),
+                                                    height, width});
+           }),
+           py::arg("q"), py::arg("k"), py::arg("v"), py::arg("layer_key"), py::arg("heads"),
+           py::arg("cond_or_uncond"), py::arg("height"), py::arg("width"),
+           "q [B, N, heads*dim], k/v [B, L, heads*dim] -> attention output [B, N, heads*dim].")
+      .def_property("capture", &AttentionRecorder::capture, &AttentionRecorder::set_capture,
+                    "Force recording without gradients (palette and template capture passes).")
+      .def_property_readonly("recording", &AttentionRecorder::recording)
+      .def("watches", &AttentionRecorder::watches, py::arg("layer_key"))
+      .def_property_readonly("token_indices", &AttentionRecorder::token_indices)
+      .def("maps", &AttentionRecorder::maps)
+      .def("features", &AttentionRecorder::features)
+      .def("clear", &AttentionRecorder::clear)
+      .def_property_readonly("captured_bytes", &AttentionRecorder::captured_bytes);
 }

@@ -20,6 +20,8 @@ LayoutTemplate = _C.LayoutTemplate
 GuidanceMetadata = _C.GuidanceMetadata
 SubjectTokens = _C.SubjectTokens
 SigmaMatch = _C.SigmaMatch
+AttentionRecorder = _C.AttentionRecorder
+LayerCapture = _C.LayerCapture
 build_info = _C.build_info
 
 
@@ -92,6 +94,8 @@ def nearest_sigma(recorded: Sequence[float], requested: float, relative_toleranc
 
 
 __all__ = [
+    "AttentionRecorder",
+    "LayerCapture",
     "GuidanceMetadata",
     "LayoutTemplate",
     "Palette",

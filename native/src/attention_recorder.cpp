@@ -1,0 +1,125 @@
+#include "pickdraw/attention_recorder.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <cmath>
+
+#include "pickdraw/checks.h"
+
+namespace pickdraw {
+namespace {
+
+// [B, N, heads * dim] -> [B, heads, N, dim]
+at::Tensor split_heads(const at::Tensor& x, int64_t heads) {
+  return x.view({x.size(0), x.size(1), heads, x.size(2) / heads}).transpose(1, 2);
+}
+
+// [B, heads, N, dim] -> [B, N, heads * dim]
+at::Tensor merge_heads(const at::Tensor& x) {
+  return x.transpose(1, 2).reshape({x.size(0), x.size(2), x.size(1) * x.size(3)});
+}
+
+at::Tensor fast_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          int64_t heads) {
+  return merge_heads(at::scaled_dot_product_attention(split_heads(q, heads), split_heads(k, heads),
+                                                      split_heads(v, heads)));
+}
+
+at::Tensor append_rows(const at::Tensor& existing, const at::Tensor& rows) {
+  return existing.defined() ? at::cat({existing, rows}, 0) : rows;
+}
+
+}  // namespace
+
+AttentionRecorder::AttentionRecorder(std::map<std::string, LayerCapture> layers,
+                                     std::vector<int64_t> token_indices)
+    : layers_(std::move(layers)), token_indices_(std::move(token_indices)) {
+  for (const auto& [key, capture] : layers_) {
+    TORCH_CHECK_VALUE(capture.maps || capture.features, "watched layer '", key,
+                      "' records neither maps nor features; drop it from the watched layers");
+    TORCH_CHECK_VALUE(!capture.maps || !token_indices_.empty(), "layer '", key,
+                      "' records maps but no token indices were given");
+  }
+  for (auto t : token_indices_) {
+    TORCH_CHECK_VALUE(t >= 0, "token indices must be >= 0, got ", t);
+  }
+}
+
+bool AttentionRecorder::recording() const { return capture_ || at::GradMode::is_enabled(); }
+
+at::Tensor AttentionRecorder::cross_attention(const at::Tensor& q, const at::Tensor& k,
+                                              const at::Tensor& v, const AttentionCall& call) {
+  PICKDRAW_CHECK_DIM(q, 3);
+  PICKDRAW_CHECK_DIM(k, 3);
+  PICKDRAW_CHECK_DIM(v, 3);
+  TORCH_CHECK(call.heads >= 1 && q.size(2) % call.heads == 0 && k.size(2) == q.size(2),
+              "q and k must have heads * dim channels (heads = ", call.heads, "), got ", q.sizes(),
+              " and ", k.sizes());
+  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0) && v.size(1) == k.size(1),
+              "q, k, v must share the batch and k, v the token count, got ", q.sizes(), ", ",
+              k.sizes(), ", ", v.sizes());
+  const auto layer = layers_.find(call.layer_key);
+  if (layer == layers_.end() || !recording()) return fast_attention(q, k, v, call.heads);
+
+  const int64_t B = q.size(0), N = q.size(1);
+  const auto chunks = static_cast<int64_t>(call.cond_or_uncond.size());
+  TORCH_CHECK(chunks >= 1 && B % chunks == 0, "cond_or_uncond has ", chunks,
+              " entries but the batch has ", B, " rows; it must divide the batch");
+  TORCH_CHECK(call.height * call.width == N, "height x width = ", call.height, " x ", call.width,
+              " does not match the ", N, " query tokens of layer '", call.layer_key, "'");
+  const LayerCapture& capture = layer->second;
+  if (capture.maps) {
+    for (auto t : token_indices_) {
+      TORCH_CHECK(t < k.size(1), "token index ", t, " is beyond the ", k.size(1),
+                  " context tokens of layer '", call.layer_key, "'");
+    }
+  }
+
+  const int64_t per = B / chunks;
+  std::vector<at::Tensor> outputs;
+  outputs.reserve(static_cast<size_t>(chunks));
+  for (int64_t c = 0; c < chunks; ++c) {
+    const auto qc = q.narrow(0, c * per, per);
+    const auto kc = k.narrow(0, c * per, per);
+    const auto vc = v.narrow(0, c * per, per);
+    if (call.cond_or_uncond[static_cast<size_t>(c)] != 0) {  // unconditional rows record nothing
+      outputs.push_back(fast_attention(qc, kc, vc, call.heads));
+      continue;
+    }
+    // Explicit attention, softmax in float32 for reduced-precision inputs (attention_basic does
+    // the same); the probabilities go back to v's dtype for the output.
+    const auto compute = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    const auto qh = split_heads(qc, call.heads).to(compute);
+    const auto kh = split_heads(kc, call.heads).to(compute);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(qh.size(-1)));
+    const auto probs = at::softmax(at::matmul(qh, kh.transpose(-1, -2)) * scale, -1);
+    const auto out = merge_heads(at::matmul(probs.to(v.scalar_type()), split_heads(vc, call.heads)));
+    outputs.push_back(out);
+    if (capture.maps) {
+      const auto index = at::tensor(token_indices_, at::TensorOptions().dtype(at::kLong)).to(q.device());
+      // [per, heads, N, T] -> head mean -> [per, T, H, W]
+      const auto maps = probs.index_select(-1, index).mean(1).transpose(1, 2).reshape(
+          {per, static_cast<int64_t>(token_indices_.size()), call.height, call.width});
+      maps_[call.layer_key] = append_rows(maps_[call.layer_key], maps);
+    }
+    if (capture.features) {
+      features_[call.layer_key] = append_rows(features_[call.layer_key], out);
+    }
+  }
+  return chunks == 1 ? outputs[0] : at::cat(outputs, 0);
+}
+
+void AttentionRecorder::clear() {
+  maps_.clear();
+  features_.clear();
+}
+
+int64_t AttentionRecorder::captured_bytes() const {
+  int64_t total = 0;
+  for (const auto& [key, t] : maps_) total += static_cast<int64_t>(t.nbytes());
+  for (const auto& [key, t] : features_) total += static_cast<int64_t>(t.nbytes());
+  return total;
+}
+
+}  // namespace pickdraw
