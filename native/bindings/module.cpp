@@ -11,6 +11,7 @@
 
 #include "pickdraw/attention_recorder.h"
 #include "pickdraw/gaussian_smoothing.h"
+#include "pickdraw/guidance_engine.h"
 #include "pickdraw/guidance_files.h"
 #include "pickdraw/guidance_store.h"
 #include "pickdraw/layout_loss.h"
@@ -290,4 +291,57 @@ features(): {layer: [Bc, N, heads*dim]} attention outputs of the conditional row
       .def("features", &AttentionRecorder::features)
       .def("clear", &AttentionRecorder::clear)
       .def_property_readonly("captured_bytes", &AttentionRecorder::captured_bytes);
+
+  py::class_<GuidanceConfig>(m, "GuidanceConfig", "Weights, step windows, layers and tokens of the guidance.")
+      .def(py::init<>())
+      .def_readwrite("appearance_layers", &GuidanceConfig::appearance_layers)
+      .def_readwrite("layout_layers", &GuidanceConfig::layout_layers)
+      .def_readwrite("token_indices", &GuidanceConfig::token_indices)
+      .def_readwrite("appearance_weight", &GuidanceConfig::appearance_weight)
+      .def_readwrite("layout_weight", &GuidanceConfig::layout_weight)
+      .def_readwrite("appearance_start", &GuidanceConfig::appearance_start)
+      .def_readwrite("appearance_end", &GuidanceConfig::appearance_end)
+      .def_readwrite("layout_start", &GuidanceConfig::layout_start)
+      .def_readwrite("layout_end", &GuidanceConfig::layout_end)
+      .def_readwrite("tau", &GuidanceConfig::tau)
+      .def_readwrite("min_mask_pixels", &GuidanceConfig::min_mask_pixels)
+      .def_readwrite("smoothing_kernel", &GuidanceConfig::smoothing_kernel)
+      .def_readwrite("smoothing_sigma", &GuidanceConfig::smoothing_sigma)
+      .def_readwrite("strength", &GuidanceConfig::strength)
+      .def_readwrite("sigma_tolerance", &GuidanceConfig::sigma_tolerance);
+
+  py::class_<StepLoss>(m, "StepLoss", "One step's energy: total [Bc] and its terms.")
+      .def_readonly("total", &StepLoss::total)
+      .def_readonly("appearance_on", &StepLoss::appearance_on)
+      .def_readonly("layout_on", &StepLoss::layout_on)
+      .def_readonly("appearance", &StepLoss::appearance)
+      .def_readonly("layout", &StepLoss::layout)
+      .def_readonly("mask_pixels", &StepLoss::mask_pixels)
+      .def_readonly("palette_sigma_index", &StepLoss::palette_sigma_index)
+      .def_readonly("template_sigma_index", &StepLoss::template_sigma_index);
+
+  py::class_<GuidanceEngine, std::shared_ptr<GuidanceEngine>>(
+      m, "GuidanceEngine", "Turns recorded captures into the Pick-and-Draw energy; fills palettes and templates.")
+      .def(py::init(guarded(+[](GuidanceConfig config) {
+             return std::make_shared<GuidanceEngine>(std::move(config));
+           })),
+           py::arg("config"))
+      .def_property_readonly("config", &GuidanceEngine::config)
+      .def("appearance_active", guarded(&GuidanceEngine::appearance_active), py::arg("step"), py::arg("steps"))
+      .def("layout_active", guarded(&GuidanceEngine::layout_active), py::arg("step"), py::arg("steps"))
+      .def("recorder_layers", &GuidanceEngine::recorder_layers)
+      .def("step_loss",
+           guarded(+[](const GuidanceEngine& e, const AttentionRecorder& r,
+                       std::shared_ptr<Palette> palette, std::shared_ptr<LayoutTemplate> layout,
+                       double sigma, int64_t step, int64_t steps) {
+             return e.step_loss(r, palette.get(), layout.get(), sigma, step, steps);
+           }),
+           py::arg("recorder"), py::arg("palette"), py::arg("layout_template"), py::arg("sigma"),
+           py::arg("step"), py::arg("steps"))
+      .def("record_palette_entry", guarded(&GuidanceEngine::record_palette_entry),
+           py::arg("recorder"), py::arg("palette"), py::arg("sigma_index"), py::arg("row") = 0)
+      .def("record_template_entry", guarded(&GuidanceEngine::record_template_entry),
+           py::arg("recorder"), py::arg("layout_template"), py::arg("sigma_index"))
+      .def("subject_mask", guarded(&GuidanceEngine::subject_mask), py::arg("recorder"),
+           py::arg("height"), py::arg("width"));
 }

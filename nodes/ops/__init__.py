@@ -22,6 +22,9 @@ SubjectTokens = _C.SubjectTokens
 SigmaMatch = _C.SigmaMatch
 AttentionRecorder = _C.AttentionRecorder
 LayerCapture = _C.LayerCapture
+GuidanceConfig = _C.GuidanceConfig
+GuidanceEngine = _C.GuidanceEngine
+StepLoss = _C.StepLoss
 build_info = _C.build_info
 
 
@@ -94,6 +97,9 @@ def nearest_sigma(recorded: Sequence[float], requested: float, relative_toleranc
 
 
 __all__ = [
+    "GuidanceConfig",
+    "GuidanceEngine",
+    "StepLoss",
     "AttentionRecorder",
     "LayerCapture",
     "GuidanceMetadata",

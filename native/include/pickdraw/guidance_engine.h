@@ -1,0 +1,88 @@
+#pragma once
+// The guidance engine: turns what the attention recorder captured in one step into the
+// Pick-and-Draw energy, and fills palettes and templates on capture passes.
+//
+//   L = w_app * L_app + w_lay * L_lay   per sample, each term on in its own step window
+//   L_app = mean over appearance layers of UREMD(features inside the subject mask, palette)
+//   L_lay = mean over layout layers of ||S(A) - S(T)||_F   (layout_loss.h)
+// The subject mask of a layer is the saliency mask (saliency_mask.h) of the token maps averaged
+// over every recorded map layer, resampled to that layer's resolution.
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "pickdraw/attention_recorder.h"
+#include "pickdraw/guidance_store.h"
+
+namespace pickdraw {
+
+struct GuidanceConfig {
+  std::vector<std::string> appearance_layers;  // features compared with the palette
+  std::vector<std::string> layout_layers;      // maps compared with the template
+  std::vector<int64_t> token_indices;          // subject tokens in the prompt
+  double appearance_weight = 1.0;
+  double layout_weight = 1.0;
+  // Step windows as fractions of the sampling steps: a term is on at step i of n when
+  // start * n <= i < end * n.
+  double appearance_start = 0.0, appearance_end = 0.8;
+  double layout_start = 0.0, layout_end = 0.5;
+  double tau = 0.5;                // saliency threshold
+  int64_t min_mask_pixels = 4;     // top-k fallback of the saliency mask
+  int64_t smoothing_kernel = 3;    // Gaussian smoothing of the layout maps
+  double smoothing_sigma = 0.5;
+  double strength = 1.0;           // guidance strength v (applied by the host to the gradient)
+  double sigma_tolerance = 0.05;   // relative tolerance of the palette/template sigma lookup
+};
+
+// One step's energy and what it was made of.
+struct StepLoss {
+  at::Tensor total;       // [Bc] per conditional sample, differentiable; zeros when no term is on
+  bool appearance_on = false;
+  bool layout_on = false;
+  at::Tensor appearance;  // [Bc] when appearance_on
+  at::Tensor layout;      // [Bc] when layout_on
+  std::map<std::string, int64_t> mask_pixels;  // per appearance layer, summed over the batch
+  int64_t palette_sigma_index = -1;
+  int64_t template_sigma_index = -1;
+};
+
+class GuidanceEngine {
+ public:
+  explicit GuidanceEngine(GuidanceConfig config);
+  const GuidanceConfig& config() const { return config_; }
+
+  bool appearance_active(int64_t step, int64_t steps) const;
+  bool layout_active(int64_t step, int64_t steps) const;
+  bool any_active(int64_t step, int64_t steps) const {
+    return appearance_active(step, steps) || layout_active(step, steps);
+  }
+
+  // What the recorder must keep: maps on every layer (the masks and the layout term read them),
+  // features on the appearance layers.
+  std::map<std::string, LayerCapture> recorder_layers() const;
+
+  // The energy of one guided step from the recorder's captures. palette / template may be null
+  // when their term is off at this step; a term that is on needs its store.
+  StepLoss step_loss(const AttentionRecorder& recorder, const Palette* palette,
+                     const LayoutTemplate* layout_template, double sigma, int64_t step,
+                     int64_t steps) const;
+
+  // Capture passes. Palette: the masked features of conditional row `row` of each appearance
+  // layer become entry (sigma_index, layer). Template: the smoothed, token-averaged maps of each
+  // layout layer (all conditional rows) become entry (sigma_index, layer).
+  void record_palette_entry(const AttentionRecorder& recorder, Palette& palette,
+                            size_t sigma_index, int64_t row = 0) const;
+  void record_template_entry(const AttentionRecorder& recorder, LayoutTemplate& layout_template,
+                             size_t sigma_index) const;
+
+  // Subject mask [Bc, N] (0/1) for a layer of height x width tokens, from all recorded maps.
+  at::Tensor subject_mask(const AttentionRecorder& recorder, int64_t height, int64_t width) const;
+
+ private:
+  GuidanceConfig config_;
+};
+
+}  // namespace pickdraw

@@ -1,0 +1,163 @@
+#include "pickdraw/guidance_engine.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <cmath>
+#include <set>
+
+#include "pickdraw/gaussian_smoothing.h"
+#include "pickdraw/layout_loss.h"
+#include "pickdraw/saliency_mask.h"
+#include "pickdraw/uremd.h"
+
+namespace pickdraw {
+namespace {
+
+bool in_window(double start, double end, int64_t step, int64_t steps) {
+  TORCH_CHECK(steps >= 1 && step >= 0 && step < steps, "step ", step, " is outside 0..", steps - 1);
+  // Compared as step < end * steps with exact arithmetic on the products, so that 0.5 of 20
+  // steps is steps 0..9 on every platform.
+  return static_cast<double>(step) >= start * static_cast<double>(steps) &&
+         static_cast<double>(step) < end * static_cast<double>(steps);
+}
+
+void check_window(const char* name, double start, double end) {
+  TORCH_CHECK_VALUE(start >= 0.0 && end <= 1.0 && start <= end, name,
+                    " window must satisfy 0 <= start <= end <= 1, got [", start, ", ", end, "]");
+}
+
+const at::Tensor& capture_of(const std::map<std::string, at::Tensor>& captures,
+                             const std::string& layer, const char* what) {
+  const auto it = captures.find(layer);
+  TORCH_CHECK(it != captures.end(), "no ", what, " were recorded for layer '", layer,
+              "' in this step: is the recorder attached to that layer, and did the step run the "
+              "conditional rows?");
+  return it->second;
+}
+
+}  // namespace
+
+GuidanceEngine::GuidanceEngine(GuidanceConfig config) : config_(std::move(config)) {
+  check_window("appearance", config_.appearance_start, config_.appearance_end);
+  check_window("layout", config_.layout_start, config_.layout_end);
+  TORCH_CHECK_VALUE(!config_.token_indices.empty(), "the subject's token indices are empty");
+  TORCH_CHECK_VALUE(config_.appearance_weight >= 0 && config_.layout_weight >= 0,
+                    "term weights must be >= 0");
+  TORCH_CHECK_VALUE(config_.tau >= 0.0 && config_.tau <= 1.0, "tau must be in [0, 1]");
+}
+
+bool GuidanceEngine::appearance_active(int64_t step, int64_t steps) const {
+  return config_.appearance_weight > 0 && !config_.appearance_layers.empty() &&
+         in_window(config_.appearance_start, config_.appearance_end, step, steps);
+}
+
+bool GuidanceEngine::layout_active(int64_t step, int64_t steps) const {
+  return config_.layout_weight > 0 && !config_.layout_layers.empty() &&
+         in_window(config_.layout_start, config_.layout_end, step, steps);
+}
+
+std::map<std::string, LayerCapture> GuidanceEngine::recorder_layers() const {
+  std::map<std::string, LayerCapture> layers;
+  for (const auto& l : config_.layout_layers) layers[l].maps = true;
+  for (const auto& l : config_.appearance_layers) {
+    layers[l].maps = true;
+    layers[l].features = true;
+  }
+  return layers;
+}
+
+at::Tensor GuidanceEngine::subject_mask(const AttentionRecorder& recorder, int64_t height,
+                                        int64_t width) const {
+  TORCH_CHECK(!recorder.maps().empty(), "no attention maps were recorded in this step");
+  std::vector<at::Tensor> token_averaged;
+  for (const auto& [layer, maps] : recorder.maps()) token_averaged.push_back(maps.detach().mean(1));
+  const auto averaged = average_token_maps(token_averaged, {height, width});
+  const auto mask = saliency_mask(averaged, config_.tau, config_.min_mask_pixels,
+                                  std::array<int64_t, 2>{height, width});
+  return mask.reshape({mask.size(0), height * width});
+}
+
+StepLoss GuidanceEngine::step_loss(const AttentionRecorder& recorder, const Palette* palette,
+                                   const LayoutTemplate* layout_template, double sigma,
+                                   int64_t step, int64_t steps) const {
+  StepLoss result;
+  result.appearance_on = appearance_active(step, steps);
+  result.layout_on = layout_active(step, steps);
+  at::Tensor total;
+  if (result.appearance_on) {
+    TORCH_CHECK(palette != nullptr, "the appearance term is on at step ", step,
+                " but no palette was given");
+    result.palette_sigma_index =
+        static_cast<int64_t>(palette->match_sigma(sigma, config_.sigma_tolerance).index);
+    at::Tensor sum;
+    for (const auto& layer : config_.appearance_layers) {
+      const auto& features = capture_of(recorder.features(), layer, "features");
+      const auto& maps = capture_of(recorder.maps(), layer, "maps");
+      const auto mask = subject_mask(recorder, maps.size(2), maps.size(3)).to(features.scalar_type());
+      result.mask_pixels[layer] = mask.sum().item<int64_t>();
+      const auto entry = palette->get(static_cast<size_t>(result.palette_sigma_index), layer)
+                             .to(features.device(), features.scalar_type());
+      TORCH_CHECK(entry.size(1) == features.size(2), "palette features of layer '", layer,
+                  "' have ", entry.size(1), " channels but the model's have ", features.size(2),
+                  ": was the palette picked with another model family?");
+      const auto term = uremd(features, entry.unsqueeze(0), mask);
+      sum = sum.defined() ? sum + term : term;
+    }
+    result.appearance = sum / static_cast<double>(config_.appearance_layers.size());
+    total = config_.appearance_weight * result.appearance;
+  }
+  if (result.layout_on) {
+    TORCH_CHECK(layout_template != nullptr, "the layout term is on at step ", step,
+                " but no layout template was given");
+    result.template_sigma_index = static_cast<int64_t>(
+        layout_template->match_sigma(sigma, config_.sigma_tolerance).index);
+    std::vector<at::Tensor> maps, templates;
+    for (const auto& layer : config_.layout_layers) {
+      const auto& m = capture_of(recorder.maps(), layer, "maps");
+      maps.push_back(m.mean(1));
+      const auto& t = layout_template->get(static_cast<size_t>(result.template_sigma_index), layer);
+      templates.push_back(t.to(m.device(), m.scalar_type()));
+    }
+    result.layout = layout_loss(maps, templates, config_.smoothing_kernel, config_.smoothing_sigma,
+                                /*templates_smoothed=*/true);
+    const auto weighted = config_.layout_weight * result.layout;
+    total = total.defined() ? total + weighted : weighted;
+  }
+  if (!total.defined()) {
+    const auto& any = recorder.maps().empty() ? at::Tensor() : recorder.maps().begin()->second;
+    total = any.defined() ? at::zeros({any.size(0)}, any.options()) : at::zeros({0});
+  }
+  result.total = total;
+  return result;
+}
+
+void GuidanceEngine::record_palette_entry(const AttentionRecorder& recorder, Palette& palette,
+                                          size_t sigma_index, int64_t row) const {
+  at::NoGradGuard no_grad;
+  for (const auto& layer : config_.appearance_layers) {
+    const auto& features = capture_of(recorder.features(), layer, "features");
+    const auto& maps = capture_of(recorder.maps(), layer, "maps");
+    TORCH_CHECK(row >= 0 && row < features.size(0), "row ", row, " is not among the ",
+                features.size(0), " recorded conditional rows");
+    const auto mask = subject_mask(recorder, maps.size(2), maps.size(3))[row].to(at::kBool);
+    palette.set(sigma_index, layer,
+                features[row].index_select(0, at::nonzero(mask).view({-1})).detach().contiguous());
+  }
+}
+
+void GuidanceEngine::record_template_entry(const AttentionRecorder& recorder,
+                                           LayoutTemplate& layout_template,
+                                           size_t sigma_index) const {
+  at::NoGradGuard no_grad;
+  for (const auto& layer : config_.layout_layers) {
+    const auto& maps = capture_of(recorder.maps(), layer, "maps");
+    layout_template.set(sigma_index, layer,
+                        gaussian_smooth(maps.mean(1), config_.smoothing_kernel,
+                                        config_.smoothing_sigma)
+                            .detach()
+                            .contiguous());
+  }
+}
+
+}  // namespace pickdraw
