@@ -15,6 +15,7 @@
 #include "pickdraw/guidance_files.h"
 #include "pickdraw/guidance_store.h"
 #include "pickdraw/layout_loss.h"
+#include "pickdraw/model_layers.h"
 #include "pickdraw/saliency_mask.h"
 #include "pickdraw/sigma_lookup.h"
 #include "pickdraw/uremd.h"
@@ -344,4 +345,37 @@ features(): {layer: [Bc, N, heads*dim]} attention outputs of the conditional row
            py::arg("recorder"), py::arg("layout_template"), py::arg("sigma_index"))
       .def("subject_mask", guarded(&GuidanceEngine::subject_mask), py::arg("recorder"),
            py::arg("height"), py::arg("width"));
+
+  py::class_<UNetLayout>(m, "UNetLayout", "The UNet configuration fields that place its cross-attention layers.")
+      .def(py::init<>())
+      .def_readwrite("family", &UNetLayout::family)
+      .def_readwrite("model_channels", &UNetLayout::model_channels)
+      .def_readwrite("channel_mult", &UNetLayout::channel_mult)
+      .def_readwrite("num_res_blocks", &UNetLayout::num_res_blocks)
+      .def_readwrite("transformer_depth", &UNetLayout::transformer_depth)
+      .def_readwrite("transformer_depth_middle", &UNetLayout::transformer_depth_middle)
+      .def_readwrite("transformer_depth_output", &UNetLayout::transformer_depth_output);
+
+  py::class_<CrossAttentionLayer>(m, "CrossAttentionLayer")
+      .def_readonly("key", &CrossAttentionLayer::key)
+      .def_readonly("block", &CrossAttentionLayer::block)
+      .def_readonly("block_id", &CrossAttentionLayer::block_id)
+      .def_readonly("transformer_index", &CrossAttentionLayer::transformer_index)
+      .def_readonly("downscale", &CrossAttentionLayer::downscale)
+      .def_readonly("channels", &CrossAttentionLayer::channels);
+
+  m.def("supported_families", &supported_families);
+  py::class_<ModelLayerTable, std::shared_ptr<ModelLayerTable>>(
+      m, "ModelLayerTable", "Cross-attention layers of a UNet and the default layer sets of the terms.")
+      .def(py::init(guarded(+[](const UNetLayout& layout) {
+             return std::make_shared<ModelLayerTable>(layout);
+           })),
+           py::arg("layout"))
+      .def_property_readonly("family", &ModelLayerTable::family)
+      .def("layers", &ModelLayerTable::layers)
+      .def("layer", guarded(&ModelLayerTable::layer), py::arg("key"))
+      .def("default_appearance_layers", &ModelLayerTable::default_appearance_layers)
+      .def("default_layout_layers", &ModelLayerTable::default_layout_layers)
+      .def("token_grid", guarded(&ModelLayerTable::token_grid), py::arg("key"),
+           py::arg("latent_height"), py::arg("latent_width"));
 }

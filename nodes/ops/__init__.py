@@ -25,6 +25,9 @@ LayerCapture = _C.LayerCapture
 GuidanceConfig = _C.GuidanceConfig
 GuidanceEngine = _C.GuidanceEngine
 StepLoss = _C.StepLoss
+UNetLayout = _C.UNetLayout
+ModelLayerTable = _C.ModelLayerTable
+supported_families = _C.supported_families
 build_info = _C.build_info
 
 
@@ -97,6 +100,9 @@ def nearest_sigma(recorded: Sequence[float], requested: float, relative_toleranc
 
 
 __all__ = [
+    "ModelLayerTable",
+    "UNetLayout",
+    "supported_families",
     "GuidanceConfig",
     "GuidanceEngine",
     "StepLoss",
