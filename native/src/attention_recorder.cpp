@@ -46,6 +46,14 @@ AttentionRecorder::AttentionRecorder(std::map<std::string, LayerCapture> layers,
   }
 }
 
+const at::Tensor& AttentionRecorder::token_index_on(const c10::Device& device) {
+  // Built once per device: a fresh host-to-device copy on every call would synchronise the stream.
+  if (!token_index_.defined() || token_index_.device() != device) {
+    token_index_ = at::tensor(token_indices_, at::TensorOptions().dtype(at::kLong)).to(device);
+  }
+  return token_index_;
+}
+
 bool AttentionRecorder::recording() const { return capture_ || at::GradMode::is_enabled(); }
 
 at::Tensor AttentionRecorder::cross_attention(const at::Tensor& q, const at::Tensor& k,
@@ -97,7 +105,7 @@ at::Tensor AttentionRecorder::cross_attention(const at::Tensor& q, const at::Ten
     const auto out = merge_heads(at::matmul(probs.to(v.scalar_type()), split_heads(vc, call.heads)));
     outputs.push_back(out);
     if (capture.maps) {
-      const auto index = at::tensor(token_indices_, at::TensorOptions().dtype(at::kLong)).to(q.device());
+      const auto& index = token_index_on(q.device());
       // [per, heads, N, T] -> head mean -> [per, T, H, W]
       const auto maps = probs.index_select(-1, index).mean(1).transpose(1, 2).reshape(
           {per, static_cast<int64_t>(token_indices_.size()), call.height, call.width});

@@ -180,3 +180,20 @@ def test_bad_calls_are_explained(ops):
         beyond.cross_attention(q[:1], k[:1], k[:1], "output.1.0", HEADS, [0], 4, 4)
     with pytest.raises(ValueError, match="neither maps nor features"):
         ops.AttentionRecorder({"output.1.0": ops.LayerCapture()}, [1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_models_get_a_float32_softmax(ops, dtype):
+    """As ComfyUI's attention_basic: probabilities in float32, output back in the model's dtype."""
+    _, recorder = make(ops, tokens=range(CTX_TOKENS))
+    recorder.capture = True
+    q = torch.randn(2, 16, HEADS * DIM, dtype=dtype)
+    k = torch.randn(2, CTX_TOKENS, HEADS * DIM, dtype=dtype) * 4  # large logits: half softmax would round badly
+    v = torch.randn(2, CTX_TOKENS, HEADS * DIM, dtype=dtype)
+    out = recorder.cross_attention(q, k, v, "output.1.0", HEADS, [1, 0], 4, 4)
+    assert out.dtype == dtype
+    want = sdpa_attend(q.double(), k.double(), v.double(), None, 4, 4)
+    torch.testing.assert_close(out.double(), want, rtol=2e-2, atol=2e-2)
+    maps = recorder.maps()["output.1.0"]
+    assert maps.dtype == torch.float32
+    torch.testing.assert_close(maps.sum(1), torch.ones_like(maps.sum(1)), rtol=1e-6, atol=1e-6)

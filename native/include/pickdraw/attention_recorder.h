@@ -10,6 +10,7 @@
 // taken or when a capture pass asks for it. Otherwise, and for rows and layers that record
 // nothing, the call is a pass-through to scaled_dot_product_attention.
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <cstdint>
 #include <map>
@@ -66,11 +67,14 @@ class AttentionRecorder {
   int64_t captured_bytes() const;
 
  private:
+  const at::Tensor& token_index_on(const c10::Device& device);
+
   std::map<std::string, LayerCapture> layers_;
   std::vector<int64_t> token_indices_;
   bool capture_ = false;
   std::map<std::string, at::Tensor> maps_;
   std::map<std::string, at::Tensor> features_;
+  at::Tensor token_index_;  // token_indices_ as an int64 tensor on the device of the last call
 };
 
 }  // namespace pickdraw
