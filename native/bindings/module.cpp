@@ -330,6 +330,7 @@ features(): {layer: [Bc, N, heads*dim]} attention outputs of the conditional row
       .def_property_readonly("config", &GuidanceEngine::config)
       .def("appearance_active", guarded(&GuidanceEngine::appearance_active), py::arg("step"), py::arg("steps"))
       .def("layout_active", guarded(&GuidanceEngine::layout_active), py::arg("step"), py::arg("steps"))
+      .def("any_active", guarded(&GuidanceEngine::any_active), py::arg("step"), py::arg("steps"))
       .def("recorder_layers", &GuidanceEngine::recorder_layers)
       .def("step_loss",
            guarded(+[](const GuidanceEngine& e, const AttentionRecorder& r,

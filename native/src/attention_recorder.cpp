@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
 
 #include <cmath>
 
@@ -48,7 +49,9 @@ AttentionRecorder::AttentionRecorder(std::map<std::string, LayerCapture> layers,
 
 const at::Tensor& AttentionRecorder::token_index_on(const c10::Device& device) {
   // Built once per device: a fresh host-to-device copy on every call would synchronise the stream.
-  if (!token_index_.defined() || token_index_.device() != device) {
+  // One built under inference mode (a capture pass) cannot be saved for backward: rebuilt outside it.
+  if (!token_index_.defined() || token_index_.device() != device ||
+      (token_index_.is_inference() && !c10::InferenceMode::is_enabled())) {
     token_index_ = at::tensor(token_indices_, at::TensorOptions().dtype(at::kLong)).to(device);
   }
   return token_index_;

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
 
 #include <cmath>
 #include <set>
@@ -34,6 +35,12 @@ const at::Tensor& capture_of(const std::map<std::string, at::Tensor>& captures,
               "' in this step: is the recorder attached to that layer, and did the step run the "
               "conditional rows?");
   return it->second;
+}
+
+// Stores filled under torch.inference_mode() (ComfyUI runs every prompt there) hold inference
+// tensors, which autograd refuses to save; outside inference mode a copy is an ordinary tensor.
+at::Tensor usable_in_autograd(const at::Tensor& t) {
+  return t.is_inference() && !c10::InferenceMode::is_enabled() ? t.clone() : t;
 }
 
 }  // namespace
@@ -96,8 +103,9 @@ StepLoss GuidanceEngine::step_loss(const AttentionRecorder& recorder, const Pale
       const auto& maps = capture_of(recorder.maps(), layer, "maps");
       const auto mask = subject_mask(recorder, maps.size(2), maps.size(3)).to(features.scalar_type());
       result.mask_pixels[layer] = mask.sum().item<int64_t>();
-      const auto entry = palette->get(static_cast<size_t>(result.palette_sigma_index), layer)
-                             .to(features.device(), features.scalar_type());
+      const auto entry = usable_in_autograd(
+          palette->get(static_cast<size_t>(result.palette_sigma_index), layer)
+              .to(features.device(), features.scalar_type()));
       TORCH_CHECK(entry.size(1) == features.size(2), "palette features of layer '", layer,
                   "' have ", entry.size(1), " channels but the model's have ", features.size(2),
                   ": was the palette picked with another model family?");
@@ -117,7 +125,7 @@ StepLoss GuidanceEngine::step_loss(const AttentionRecorder& recorder, const Pale
       const auto& m = capture_of(recorder.maps(), layer, "maps");
       maps.push_back(m.mean(1));
       const auto& t = layout_template->get(static_cast<size_t>(result.template_sigma_index), layer);
-      templates.push_back(t.to(m.device(), m.scalar_type()));
+      templates.push_back(usable_in_autograd(t.to(m.device(), m.scalar_type())));
     }
     result.layout = layout_loss(maps, templates, config_.smoothing_kernel, config_.smoothing_sigma,
                                 /*templates_smoothed=*/true);

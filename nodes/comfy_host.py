@@ -1,0 +1,213 @@
+"""The host adapter: the only module besides the node files that touches ComfyUI's model and patch APIs.
+
+It translates ComfyUI objects into the native library's terms (layer tables, recorder callbacks) and
+back. The native library never sees ComfyUI: it gets tensors, layer keys and token indices.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.samplers
+import comfy.supported_models as supported_models
+import torch
+
+from . import ops
+
+logger = logging.getLogger("pickdraw")
+
+# Config classes whose UNet cross-attention the method is defined on, most specific first.
+_FAMILIES = (
+    (supported_models.SDXL, "sdxl"),
+    (supported_models.SD20, "sd2"),
+    (supported_models.SD15, "sd1"),
+)
+
+
+def model_family(model_patcher) -> str:
+    """'sd1', 'sd2' or 'sdxl' for a ComfyUI MODEL; ValueError naming the model otherwise."""
+    config = model_patcher.model.model_config
+    for cls, family in _FAMILIES:
+        if isinstance(config, cls):
+            return family
+    raise ValueError(
+        f"Pick-and-Draw works on SD1.x, SD2.x and SDXL UNets; this MODEL is {type(config).__name__}, "
+        "whose architecture has no UNet cross-attention to guide"
+    )
+
+
+def unet_layout(model_patcher) -> ops.UNetLayout:
+    """The UNet's cross-attention placement, read from the model's own unet_config."""
+    config = model_patcher.model.model_config.unet_config
+    try:
+        res_blocks = config["num_res_blocks"]
+        res_blocks = list(res_blocks) if isinstance(res_blocks, (list, tuple)) else [res_blocks] * len(config["channel_mult"])
+        if len(set(res_blocks)) != 1:
+            raise ValueError(f"per-level num_res_blocks {res_blocks} differ")
+        middle = config.get("transformer_depth_middle")
+        if middle is None:  # ComfyUI's UNetModel default: the deepest level's depth
+            middle = config["transformer_depth"][-1]
+        layout = ops.UNetLayout()
+        layout.family = model_family(model_patcher)
+        layout.model_channels = int(config["model_channels"])
+        layout.channel_mult = [int(c) for c in config["channel_mult"]]
+        layout.num_res_blocks = int(res_blocks[0])
+        layout.transformer_depth = [int(d) for d in config["transformer_depth"]]
+        layout.transformer_depth_middle = max(int(middle), 0)  # -1: no transformer, -2: no middle block
+        layout.transformer_depth_output = [int(d) for d in config["transformer_depth_output"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ValueError) and "Pick-and-Draw" in str(exc):
+            raise
+        raise ValueError(f"cannot read the UNet layout of this MODEL from its unet_config ({exc!r})") from exc
+    return layout
+
+
+def layer_table(model_patcher) -> ops.ModelLayerTable:
+    return ops.ModelLayerTable(unet_layout(model_patcher))
+
+
+def _recorder_callback(recorder, layer_key: str):
+    def attn2_replace(q, k, v, extra_options):
+        height, width = extra_options["activations_shape"][-2:]
+        return recorder.cross_attention(
+            q, k, v, layer_key, extra_options["n_heads"], list(extra_options["cond_or_uncond"]), height, width
+        )
+
+    return attn2_replace
+
+
+def attach_recorder(model_patcher, recorder, table):
+    """A clone of the MODEL whose watched cross-attention layers run through `recorder`.
+
+    The clone's model_options are deep copies, but the callbacks are plain functions that refer to the
+    one recorder, so every copy ComfyUI makes while sampling records into the same place.
+    """
+    patched = model_patcher.clone()
+    for layer in table.layers():
+        if recorder.watches(layer.key):
+            patched.set_model_attn2_replace(
+                _recorder_callback(recorder, layer.key), layer.block, layer.block_id, layer.transformer_index
+            )
+    return patched
+
+
+def _step_of(sigma, model_options) -> tuple[int, int]:
+    """(index of the current step, number of steps) from the schedule ComfyUI puts in transformer_options."""
+    schedule = model_options.get("transformer_options", {}).get("sample_sigmas")
+    if schedule is None:
+        raise RuntimeError("ComfyUI did not provide sample_sigmas: guided sampling needs a KSampler or SamplerCustom")
+    schedule = schedule.detach().float().cpu()
+    current = float(sigma.detach().float().flatten()[0])
+    index = int(torch.argmin((schedule[:-1] - current).abs()))
+    return index, len(schedule) - 1
+
+
+_weights_converted_logged = False
+
+
+def _make_weights_differentiable(model) -> int:
+    """Replaces inference tensors among the diffusion model's weights by ordinary tensors.
+
+    ComfyUI loads (and LoRA-patches) weights under torch.inference_mode(); such tensors cannot be saved
+    for backward. They are cloned one at a time, each original dropped before the next is copied, so the
+    peak is one tensor more, not a second model. A later unpatch puts ComfyUI's own backups back.
+    """
+    global _weights_converted_logged
+    converted = 0
+    with torch.inference_mode(False):
+        for module in model.diffusion_model.modules():
+            for store in (module._parameters, module._buffers):
+                for name, tensor in list(store.items()):
+                    if tensor is not None and tensor.is_inference():
+                        copy = tensor.detach().clone()
+                        store[name] = torch.nn.Parameter(copy, requires_grad=False) if isinstance(tensor, torch.nn.Parameter) else copy
+                        converted += 1
+    if converted and not _weights_converted_logged:
+        logger.info("Pick-and-Draw: made %d inference-mode weight tensors differentiable for guided sampling", converted)
+        _weights_converted_logged = True
+    return converted
+
+
+class GuidanceRun:
+    """State of one guided sampling run: the step log and the gradient handed from the model call to CFG."""
+
+    def __init__(self, engine, recorder, palette, layout_template, strength: float):
+        self.engine = engine
+        self.recorder = recorder
+        self.palette = palette
+        self.layout_template = layout_template
+        self.strength = float(strength)
+        self.gradient = None
+        self.log: list[dict] = []
+
+
+def guide_model(model_patcher, engine, palette, layout_template, strength: float):
+    """A clone of the MODEL that applies Pick-and-Draw guidance while it samples, and its run state.
+
+    On a guided step the conditional rows run once with gradients (recording maps and features), the
+    energy's gradient to the latent is taken, and that same output, detached, is the conditional
+    prediction for ComfyUI's own CFG; the unconditional rows run without gradients. After CFG the
+    denoised estimate moves by -strength * sigma^2 * gradient (self-guidance in k-diffusion's sigma space).
+    """
+    table = layer_table(model_patcher)
+    recorder = ops.AttentionRecorder(engine.recorder_layers(), list(engine.config.token_indices))
+    run = GuidanceRun(engine, recorder, palette, layout_template, strength)
+    patched = attach_recorder(model_patcher, recorder, table)
+
+    def calc_cond_batch(args):
+        conds, x, sigma, model, options = args["conds"], args["input"], args["sigma"], args["model"], args["model_options"]
+        step, steps = _step_of(sigma, options)
+        run.gradient = None
+        if not engine.any_active(step, steps):
+            return comfy.samplers.calc_cond_batch(model, conds, x, sigma, options)
+        with torch.inference_mode(False), torch.enable_grad():
+            _make_weights_differentiable(model)
+            x_in = x.detach().clone().requires_grad_(True)
+            recorder.clear()
+            cond_out = comfy.samplers.calc_cond_batch(model, [conds[0]], x_in, sigma.detach().clone(), options)[0]
+            loss = engine.step_loss(recorder, palette, layout_template, float(sigma.flatten()[0]), step, steps)
+            total = loss.total.sum()
+            gradient = torch.autograd.grad(total, x_in)[0] if total.requires_grad else torch.zeros_like(x_in)
+            recorder.clear()
+        run.gradient = gradient.detach()
+        run.log.append({
+            "step": step, "sigma": float(sigma.flatten()[0]), "total": float(total),
+            "appearance": float(loss.appearance.sum()) if loss.appearance_on else None,
+            "layout": float(loss.layout.sum()) if loss.layout_on else None,
+            "mask_pixels": dict(loss.mask_pixels), "palette_sigma_index": loss.palette_sigma_index,
+        })
+        with torch.no_grad():
+            uncond_out = comfy.samplers.calc_cond_batch(model, [conds[1]], x, sigma, options)[0]
+        return [cond_out.detach(), uncond_out]
+
+    def post_cfg(args):
+        denoised = args["denoised"]
+        if run.gradient is None or run.strength == 0.0:
+            return denoised
+        sigma = args["sigma"].to(denoised).view(-1, *([1] * (denoised.ndim - 1)))
+        return denoised - run.strength * sigma**2 * run.gradient.to(denoised)
+
+    patched.set_model_sampler_calc_cond_batch_function(calc_cond_batch)
+    patched.set_model_sampler_post_cfg_function(post_cfg)
+    return patched, run
+
+
+def capture_each_step(model_patcher, engine, on_step):
+    """A clone of the MODEL that, on every sampling step, records the conditional rows' maps and
+    features and calls on_step(step, steps, sigma, recorder) (template and palette capture passes)."""
+    table = layer_table(model_patcher)
+    recorder = ops.AttentionRecorder(engine.recorder_layers(), list(engine.config.token_indices))
+    recorder.capture = True
+    patched = attach_recorder(model_patcher, recorder, table)
+
+    def calc_cond_batch(args):
+        conds, x, sigma, model, options = args["conds"], args["input"], args["sigma"], args["model"], args["model_options"]
+        step, steps = _step_of(sigma, options)
+        recorder.clear()
+        out = comfy.samplers.calc_cond_batch(model, conds, x, sigma, options)
+        on_step(step, steps, float(sigma.flatten()[0]), recorder)
+        recorder.clear()
+        return out
+
+    patched.set_model_sampler_calc_cond_batch_function(calc_cond_batch)
+    return patched

@@ -1,0 +1,86 @@
+"""Real ComfyUI for the tests: found through COMFYUI_PATH or the custom_nodes layout, else skipped.
+
+Builds tiny SD-shaped models from ComfyUI's own classes with random weights (no downloads).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import PACK_NAME, ROOT, import_pack
+
+
+def comfyui_path() -> Path | None:
+    candidates = [os.environ.get("COMFYUI_PATH")]
+    if ROOT.parent.name == "custom_nodes":  # ComfyUI/custom_nodes/<pack>
+        candidates.append(str(ROOT.parent.parent))
+    for c in candidates:
+        if c and (Path(c) / "comfy" / "model_patcher.py").is_file():
+            return Path(c)
+    return None
+
+
+def require_comfyui():
+    path = comfyui_path()
+    if path is None:
+        pytest.skip("ComfyUI checkout not found: set COMFYUI_PATH to one (or install the pack in ComfyUI/custom_nodes)")
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    try:
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = not torch.cuda.is_available()  # before comfy.model_management is imported
+        import comfy.model_management  # noqa: F401
+        import comfy.sample  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"ComfyUI at {path} cannot be imported ({exc}); install its requirements.txt")
+    import_pack()
+    return importlib.import_module(f"{PACK_NAME}.nodes.comfy_host")
+
+
+TINY_SD1 = {
+    "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": None, "use_temporal_resblock": False, "use_temporal_attention": False,
+    "in_channels": 4, "out_channels": 4, "model_channels": 32, "num_res_blocks": [1, 1], "channel_mult": [1, 2],
+    "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False, "context_dim": 64,
+}
+
+
+def tiny_sd1_patcher(seed: int = 0):
+    """An SD1.x-shaped ModelPatcher (about 1 M parameters) with random weights, on the CPU."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD15(dict(TINY_SD1))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    generator = torch.Generator().manual_seed(seed)
+    state = {k: torch.randn(v.shape, generator=generator) * 0.05 for k, v in model.diffusion_model.state_dict().items()}
+    model.diffusion_model.load_state_dict(state)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def conditioning(seed: int, batch: int = 1, context_dim: int = 64):
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(batch, 77, context_dim, generator=generator), {}]]
+
+
+def sharpen_cross_attention(patcher, factor: float = 20.0):
+    """Scales the cross-attention query and key projections in place.
+
+    With random weights of std 0.05 the attention logits are tiny and the maps nearly uniform, so they
+    barely respond to the latent; sharper logits make the maps (and features) depend on the latent as a
+    trained model's do, which is what a test of guidance needs.
+    """
+    with torch.no_grad():
+        for name, parameter in patcher.model.diffusion_model.named_parameters():
+            if "attn2.to_q" in name or "attn2.to_k" in name:
+                parameter.mul_(factor)
+    return patcher
