@@ -1,5 +1,9 @@
-"""ComfyUI entry point of the Pick-and-Draw node pack: re-exports the node mappings only."""
+"""ComfyUI entry point of the Pick-and-Draw node pack (V3 extension API): re-exports comfy_entrypoint only.
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+Loading it loads the native library first (nodes/__init__.py), so a missing or mismatched build is
+reported at start-up with the command that fixes it.
+"""
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+from .nodes.extension import comfy_entrypoint
+
+__all__ = ["comfy_entrypoint"]

@@ -130,9 +130,9 @@ def run(cmd: list[str], what: str, fix: str) -> None:
 
 SELF_CHECK = textwrap.dedent(
     """
-    import importlib.util, sys, torch
-    spec = importlib.util.spec_from_file_location("pickdraw_selfcheck", {init!r}, submodule_search_locations=[{root!r}])
-    pack = importlib.util.module_from_spec(spec); sys.modules["pickdraw_selfcheck"] = pack; spec.loader.exec_module(pack)
+    import sys, types, torch
+    # The pack as a package without its root __init__.py, which is ComfyUI's entry point.
+    pack = types.ModuleType("pickdraw_selfcheck"); pack.__path__ = [{root!r}]; sys.modules["pickdraw_selfcheck"] = pack
     from pickdraw_selfcheck.nodes import ops
     from pickdraw_selfcheck.nodes.ops import reference
     torch.manual_seed(0)
@@ -198,7 +198,7 @@ def main() -> None:
         say("self-check skipped (--skip-self-check)")
         return
     check = subprocess.run(
-        [sys.executable, "-c", SELF_CHECK.format(init=str(ROOT / "__init__.py"), root=str(ROOT))],
+        [sys.executable, "-c", SELF_CHECK.format(root=str(ROOT))],
         capture_output=True, text=True,
     )
     if check.returncode < 0:

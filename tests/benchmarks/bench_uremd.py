@@ -16,12 +16,12 @@ belong to a run made on purpose.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -32,10 +32,11 @@ SHAPES = [(256, 256, 1280), (1024, 1024, 640), (4096, 4096, 320)]
 
 
 def load_ops():
-    spec = importlib.util.spec_from_file_location("pickdraw_bench", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["pickdraw_bench"] = pack
-    spec.loader.exec_module(pack)
+    # The pack as a package without its root __init__.py (ComfyUI's entry point, which needs ComfyUI).
+    if "pickdraw_bench" not in sys.modules:
+        pack = types.ModuleType("pickdraw_bench")
+        pack.__path__ = [str(ROOT)]
+        sys.modules["pickdraw_bench"] = pack
     from pickdraw_bench.nodes import ops
 
     return ops

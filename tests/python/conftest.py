@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,13 @@ PACK_NAME = "pickdraw_pack"
 
 
 def import_pack():
+    """The pack as a package named PACK_NAME, without running its root __init__.py (ComfyUI's entry
+    point, which needs ComfyUI); its subpackages import normally."""
     if PACK_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_NAME] = module
-        spec.loader.exec_module(module)
+        package = types.ModuleType(PACK_NAME)
+        package.__path__ = [str(ROOT)]
+        package.__file__ = str(ROOT / "__init__.py")
+        sys.modules[PACK_NAME] = package
     return sys.modules[PACK_NAME]
 
 

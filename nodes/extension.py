@@ -1,0 +1,16 @@
+"""ComfyUI's V3 entry point: the list of the pack's nodes. Node IDs are an API: never rename one."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import file_nodes
+
+
+class PickAndDrawExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [*file_nodes.NODES]
+
+
+async def comfy_entrypoint() -> PickAndDrawExtension:
+    return PickAndDrawExtension()
