@@ -154,11 +154,13 @@ def main():
                     row[f"{impl}_scratch_mib"] = cpu_scratch_mib(impl, n, m, c, dtype, backward)
                 del run
             row["speedup"] = row["plain_ms"] / row["native_ms"]
-            row["memory_ratio"] = row["native_scratch_mib"] / max(row["plain_scratch_mib"], 1e-9)
+            # Below ~0.1 MiB the measurement is allocator noise, not a ratio worth printing.
+            row["memory_ratio"] = row["native_scratch_mib"] / row["plain_scratch_mib"] if row["plain_scratch_mib"] >= 0.1 else None
             rows.append(row)
             print(
                 f"{f'{n}x{m}x{c}':>18} {row['pass']:>8} {row['plain_ms']:9.3f} {row['native_ms']:9.3f} {row['speedup']:7.2f}x "
-                f"{row['plain_scratch_mib']:9.1f} {row['native_scratch_mib']:10.1f} {row['memory_ratio']:9.3f}",
+                f"{row['plain_scratch_mib']:9.1f} {row['native_scratch_mib']:10.1f} "
+                + (f"{row['memory_ratio']:9.3f}" if row["memory_ratio"] is not None else f"{'n/a':>9}"),
                 flush=True,
             )
     if args.profile:
