@@ -38,6 +38,7 @@ def model_family(model_patcher) -> str:
 
 def unet_layout(model_patcher) -> ops.UNetLayout:
     """The UNet's cross-attention placement, read from the model's own unet_config."""
+    family = model_family(model_patcher)
     config = model_patcher.model.model_config.unet_config
     try:
         res_blocks = config["num_res_blocks"]
@@ -48,7 +49,7 @@ def unet_layout(model_patcher) -> ops.UNetLayout:
         if middle is None:  # ComfyUI's UNetModel default: the deepest level's depth
             middle = config["transformer_depth"][-1]
         layout = ops.UNetLayout()
-        layout.family = model_family(model_patcher)
+        layout.family = family
         layout.model_channels = int(config["model_channels"])
         layout.channel_mult = [int(c) for c in config["channel_mult"]]
         layout.num_res_blocks = int(res_blocks[0])
@@ -56,8 +57,6 @@ def unet_layout(model_patcher) -> ops.UNetLayout:
         layout.transformer_depth_middle = max(int(middle), 0)  # -1: no transformer, -2: no middle block
         layout.transformer_depth_output = [int(d) for d in config["transformer_depth_output"]]
     except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, ValueError) and "Pick-and-Draw" in str(exc):
-            raise
         raise ValueError(f"cannot read the UNet layout of this MODEL from its unet_config ({exc!r})") from exc
     return layout
 
@@ -110,7 +109,8 @@ def _make_weights_differentiable(model) -> int:
 
     ComfyUI loads (and LoRA-patches) weights under torch.inference_mode(); such tensors cannot be saved
     for backward. They are cloned one at a time, each original dropped before the next is copied, so the
-    peak is one tensor more, not a second model. A later unpatch puts ComfyUI's own backups back.
+    peak is one tensor more, not a second model. Ordinary tensors serve later unguided runs as well (a test
+    checks this); how this interacts with the restore of LoRA-patched weights is not covered by a test yet.
     """
     global _weights_converted_logged
     converted = 0
