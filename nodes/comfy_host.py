@@ -211,3 +211,107 @@ def capture_each_step(model_patcher, engine, on_step):
 
     patched.set_model_sampler_calc_cond_batch_function(calc_cond_batch)
     return patched
+
+
+# Key under which the subject's token positions travel in a conditioning entry's dict. ComfyUI's
+# conditioning nodes (combine, concat, ControlNet apply, area/mask) copy these dicts, so the positions
+# reach the sampler through ordinary graphs.
+SUBJECT_KEY = "pickdraw_subject"
+
+
+def _same_token(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):  # Textual-Inversion embedding vectors
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    return a == b
+
+
+def _readable_tokens(clip, chunk) -> list[str]:
+    try:
+        return [word for _, word in clip.tokenizer.untokenize(chunk)]
+    except Exception:  # a tokenizer without untokenize: show the ids
+        return [str(t[0]) if not isinstance(t[0], torch.Tensor) else "<embedding>" for t in chunk]
+
+
+def subject_tokens(clip, text: str, subject: str) -> dict:
+    """Positions of the subject's tokens in the prompt (across 77-token chunks), as the sampler needs them.
+
+    The subject is tokenized on its own and searched as a contiguous run in the prompt's tokens, so multi-token
+    words, "sks dog" and Textual-Inversion names (embedding:...) work. A subject absent from the prompt is a
+    ValueError listing the prompt's tokens.
+    """
+    if not subject.strip():
+        raise ValueError("subject is empty: name the subject as it is written in the prompt (e.g. 'dog', 'sks dog')")
+    prompt = clip.tokenize(text)
+    alone = clip.tokenize(subject)
+    key = "l" if "l" in prompt else next(iter(prompt))
+    chunk = alone[key][0]
+    end = next(i for i in range(1, len(chunk)) if not isinstance(chunk[i][0], torch.Tensor) and chunk[i][0] == chunk[-1][0])
+    wanted = [t[0] for t in chunk[1:end]]  # without the start token and from the end/padding token on
+    flat = [t[0] for c in prompt[key] for t in c]
+    indices = []
+    for start in range(len(flat) - len(wanted) + 1):
+        if wanted and all(_same_token(flat[start + i], w) for i, w in enumerate(wanted)):
+            indices.extend(range(start, start + len(wanted)))
+    if not indices:
+        listed = " ".join(_readable_tokens(clip, prompt[key][0]))
+        raise ValueError(f"the subject '{subject}' is not in the prompt; the prompt's tokens are: {listed}")
+    return {"subject": subject, "prompt": text, "indices": indices}
+
+
+def with_subject(conditioning, info: dict):
+    """The conditioning with the subject's token positions in every entry's dict."""
+    return [[c[0], {**c[1], SUBJECT_KEY: info}] for c in conditioning]
+
+
+def subject_of(conditioning) -> dict:
+    for c in conditioning:
+        if SUBJECT_KEY in c[1]:
+            return c[1][SUBJECT_KEY]
+    raise ValueError(
+        "the positive conditioning carries no Pick-and-Draw subject: encode the prompt with "
+        "'Subject Prompt (Pick-and-Draw)' (the subject's token positions travel with the conditioning)"
+    )
+
+
+def _check_store(store, family: str, table, what: str) -> list[str]:
+    """The store's layers, after checking it was recorded with a model of this family and layer set."""
+    recorded = store.metadata.model_family
+    if recorded != family:
+        raise ValueError(f"the {what} was recorded with a {recorded} model but this MODEL is {family}: "
+                         f"record it again with a model of the same family")
+    known = {layer.key for layer in table.layers()}
+    missing = [key for key in store.metadata.layer_keys if key not in known]
+    if missing:
+        raise ValueError(f"the {what} has layers this MODEL lacks ({', '.join(missing)}): "
+                         f"it was recorded with another architecture")
+    return list(store.metadata.layer_keys)
+
+
+def guided_sample(model_patcher, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise,
+                  palette, layout_template, weights: dict, strength: float):
+    """ComfyUI's KSampler (same noise, schedule, preview and progress) with Pick-and-Draw guidance.
+
+    weights: appearance_weight, layout_weight, appearance_start/end, layout_start/end, tau (the engine's
+    config fields). A term whose store is not connected is off. Returns (latent dict, run log).
+    """
+    import nodes as comfy_nodes  # ComfyUI's nodes.py: common_ksampler is its KSampler
+
+    if palette is None and layout_template is None:
+        raise ValueError("connect a palette, a layout template, or both: without them there is nothing to guide")
+    family = model_family(model_patcher)
+    table = layer_table(model_patcher)
+    config = ops.GuidanceConfig()
+    config.token_indices = list(subject_of(positive)["indices"])
+    for name, value in weights.items():
+        setattr(config, name, value)
+    config.appearance_layers = _check_store(palette, family, table, "palette") if palette is not None else []
+    config.layout_layers = _check_store(layout_template, family, table, "layout template") if layout_template is not None else []
+    if palette is None:
+        config.appearance_weight = 0.0
+    if layout_template is None:
+        config.layout_weight = 0.0
+    engine = ops.GuidanceEngine(config)
+    guided, run = guide_model(model_patcher, engine, palette, layout_template, strength)
+    (out,) = comfy_nodes.common_ksampler(guided, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
+                                         denoise=denoise)
+    return out, run.log

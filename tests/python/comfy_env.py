@@ -84,3 +84,31 @@ def sharpen_cross_attention(patcher, factor: float = 20.0):
             if "attn2.to_q" in name or "attn2.to_k" in name:
                 parameter.mul_(factor)
     return patcher
+
+
+TINY_CLIP_TEXT = {
+    "hidden_act": "quick_gelu", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+    "num_hidden_layers": 2, "max_position_embeddings": 77, "vocab_size": 49408, "layer_norm_eps": 1e-5,
+    "projection_dim": 64, "bos_token_id": 0, "eos_token_id": 49407, "pad_token_id": 1,
+}
+
+
+def tiny_clip(seed: int = 0):
+    """A ComfyUI CLIP with SD1.x's real tokenizer and a 2-layer, 64-wide text encoder (random weights);
+    its 64-channel output matches the tiny UNet's context_dim."""
+    import functools
+    import types as pytypes
+
+    import comfy.sd
+    import comfy.sd1_clip
+
+    model = functools.partial(comfy.sd1_clip.SD1ClipModel, clip_model=comfy.sd1_clip.SDClipModel,
+                              textmodel_json_config=dict(TINY_CLIP_TEXT))
+    target = pytypes.SimpleNamespace(params={}, clip=model, tokenizer=comfy.sd1_clip.SD1Tokenizer)
+    clip = comfy.sd.CLIP(target=target)
+    # ComfyUI's layers skip initialisation (weights are always loaded); give them small random values.
+    generator = torch.Generator().manual_seed(seed)
+    state = clip.cond_stage_model.state_dict()
+    clip.cond_stage_model.load_state_dict(
+        {k: torch.randn(v.shape, generator=generator) * 0.02 if v.is_floating_point() else v for k, v in state.items()})
+    return clip

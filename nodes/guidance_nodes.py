@@ -1,0 +1,57 @@
+"""The guided sampler: a KSampler with Pick-and-Draw's appearance and layout guidance."""
+
+from __future__ import annotations
+
+import comfy.samplers
+from comfy_api.latest import io
+
+from . import comfy_host
+from .types import LayoutTemplate, Palette
+
+
+class GuidedKSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PickAndDraw_GuidedKSampler",
+            display_name="Guided KSampler (Pick-and-Draw)",
+            category="pick_and_draw",
+            description="KSampler whose conditional prediction is guided towards the palette's appearance and "
+                        "the template's layout (Pick-and-Draw, arXiv 2401.16762).",
+            inputs=[
+                io.Model.Input("model", tooltip="The (personalised) model to sample with."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Int.Input("steps", default=20, min=1, max=10000),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS),
+                io.Conditioning.Input("positive", tooltip="From 'Subject Prompt (Pick-and-Draw)': it carries the subject's tokens."),
+                io.Conditioning.Input("negative"),
+                io.Latent.Input("latent_image"),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+                Palette.Input("palette", optional=True, tooltip="Appearance to pick from; leave empty for layout only."),
+                LayoutTemplate.Input("layout_template", optional=True, tooltip="Layout to draw towards; leave empty for appearance only."),
+                io.Float.Input("appearance_weight", default=1.0, min=0.0, max=100.0, step=0.05),
+                io.Float.Input("layout_weight", default=1.0, min=0.0, max=100.0, step=0.05),
+                io.Float.Input("appearance_end", default=0.8, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the steps during which the appearance term is on."),
+                io.Float.Input("layout_end", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the steps during which the layout term is on."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=1e6, step=0.1,
+                               tooltip="Guidance strength v: the denoised estimate moves by -v * sigma^2 * gradient."),
+            ],
+            outputs=[io.Latent.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
+                appearance_weight, layout_weight, appearance_end, layout_end, strength,
+                palette=None, layout_template=None) -> io.NodeOutput:
+        weights = {"appearance_weight": appearance_weight, "layout_weight": layout_weight,
+                   "appearance_end": appearance_end, "layout_end": layout_end}
+        out, _ = comfy_host.guided_sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                                          latent_image, denoise, palette, layout_template, weights, strength)
+        return io.NodeOutput(out)
+
+
+NODES = [GuidedKSampler]

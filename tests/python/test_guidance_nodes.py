@@ -1,0 +1,109 @@
+"""Subject Prompt and Guided KSampler nodes in real ComfyUI with tiny SD1.x models (skipped without ComfyUI)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfy_env import require_comfyui, sharpen_cross_attention, tiny_clip, tiny_sd1_patcher
+from test_comfy_host import _metadata
+
+
+@pytest.fixture(scope="module")
+def env():
+    host = require_comfyui()
+    import importlib
+
+    from conftest import PACK_NAME
+
+    prompt_nodes = importlib.import_module(f"{PACK_NAME}.nodes.prompt_nodes")
+    guidance_nodes = importlib.import_module(f"{PACK_NAME}.nodes.guidance_nodes")
+    return host, prompt_nodes.SubjectPrompt, guidance_nodes.GuidedKSampler, tiny_clip()
+
+
+def test_subject_tokens_are_found_and_travel_with_the_conditioning(env):
+    host, subject_prompt, _, clip = env
+    (cond,) = subject_prompt.execute(clip=clip, text="a photo of a sks dog on the beach", subject="sks dog").result
+    info = cond[0][1][host.SUBJECT_KEY]
+    # <start> a photo of a sks dog ...: "sks" and "dog" are tokens 5 and 6 (one token each here).
+    assert info["indices"] == [5, 6] and info["subject"] == "sks dog"
+    assert cond[0][0].shape == (1, 77, 64)
+    # ComfyUI's conditioning nodes keep the dict entries (here: Combine, then ControlNet-style copies).
+    import nodes as comfy_nodes
+
+    (combined,) = comfy_nodes.ConditioningCombine().combine(cond, cond)
+    assert host.subject_of(combined)["indices"] == [5, 6]
+
+
+def test_a_missing_subject_lists_the_prompt_tokens(env):
+    _, subject_prompt, _, clip = env
+    with pytest.raises(ValueError, match=r"'cat' is not in the prompt; the prompt's tokens are: .*dog"):
+        subject_prompt.execute(clip=clip, text="a photo of a dog", subject="cat")
+    with pytest.raises(ValueError, match="subject is empty"):
+        subject_prompt.execute(clip=clip, text="a photo of a dog", subject="  ")
+
+
+def _stores(ops, host, patcher, clip, steps):
+    """Template from the plain run of the prompt, palette from a 'reference' run, via the capture helper."""
+    import comfy.samplers
+    import comfy.sample
+
+    table = host.layer_table(patcher)
+    config = ops.GuidanceConfig()
+    config.appearance_layers = table.default_appearance_layers()
+    config.layout_layers = table.default_layout_layers()
+    config.token_indices = [5]
+    engine = ops.GuidanceEngine(config)
+    sigmas = comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "normal", steps)[:-1]
+    template = ops.LayoutTemplate(_metadata(ops, config.layout_layers, sigmas))
+    palette = ops.Palette(_metadata(ops, config.appearance_layers, sigmas))
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a dog"))
+    latent = torch.zeros(1, 4, 16, 16)
+    for seed, record in ((0, lambda i, n, s, r: engine.record_template_entry(r, template, i)),
+                         (9, lambda i, n, s, r: engine.record_palette_entry(r, palette, i))):
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+        comfy.sample.sample(host.capture_each_step(patcher, engine, record), noise, steps, 7.5, "euler", "normal",
+                            cond, cond, latent, seed=seed, disable_pbar=True)
+    return palette, template
+
+
+def test_guided_ksampler_runs_and_differs_from_plain_sampling(ops, env):
+    host, subject_prompt, guided_ksampler, clip = env
+    import nodes as comfy_nodes
+
+    patcher = sharpen_cross_attention(tiny_sd1_patcher())
+    palette, template = _stores(ops, host, patcher, clip, steps=4)
+    (positive,) = subject_prompt.execute(clip=clip, text="a photo of a dog", subject="dog").result
+    negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    latent = {"samples": torch.zeros(1, 4, 16, 16)}
+    common = dict(model=patcher, seed=3, steps=4, cfg=7.5, sampler_name="euler", scheduler="normal", positive=positive,
+                  negative=negative, latent_image=latent, denoise=1.0, appearance_weight=1.0, layout_weight=1.0,
+                  appearance_end=0.8, layout_end=0.5, palette=palette, layout_template=template)
+    (plain,) = comfy_nodes.common_ksampler(patcher, 3, 4, 7.5, "euler", "normal", positive, negative, latent)
+    (unguided,) = guided_ksampler.execute(**common, strength=0.0).result
+    (guided,) = guided_ksampler.execute(**common, strength=1e4).result
+    # Strength 0 runs the guided code path (cond and uncond in separate calls) and must match KSampler.
+    torch.testing.assert_close(unguided["samples"], plain["samples"], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(guided["samples"], plain["samples"], rtol=1e-3, atol=1e-3)
+    assert torch.isfinite(guided["samples"]).all()
+
+
+def test_guided_ksampler_explains_bad_inputs(ops, env):
+    host, subject_prompt, guided_ksampler, clip = env
+    patcher = tiny_sd1_patcher()
+    (positive,) = subject_prompt.execute(clip=clip, text="a photo of a dog", subject="dog").result
+    plain_positive = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a dog"))
+    common = dict(model=patcher, seed=0, steps=2, cfg=7.5, sampler_name="euler", scheduler="normal", negative=positive,
+                  latent_image={"samples": torch.zeros(1, 4, 16, 16)}, denoise=1.0, appearance_weight=1.0,
+                  layout_weight=1.0, appearance_end=0.8, layout_end=0.5, strength=1.0)
+    with pytest.raises(ValueError, match="connect a palette, a layout template, or both"):
+        guided_ksampler.execute(positive=positive, **common)
+    m = _metadata(ops, ["output.0.0"], [14.0, 1.0])
+    m.model_family = "sdxl"
+    palette = ops.Palette(m)
+    for i in range(2):
+        palette.set(i, "output.0.0", torch.randn(4, 64))
+    with pytest.raises(ValueError, match="recorded with a sdxl model but this MODEL is sd1"):
+        guided_ksampler.execute(positive=positive, palette=palette, **common)
+    with pytest.raises(ValueError, match="carries no Pick-and-Draw subject"):
+        guided_ksampler.execute(positive=plain_positive, palette=palette, **common)
