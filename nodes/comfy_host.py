@@ -306,6 +306,8 @@ def guided_sample(model_patcher, seed, steps, cfg, sampler_name, scheduler, posi
         setattr(config, name, value)
     config.appearance_layers = _check_store(palette, family, table, "palette") if palette is not None else []
     config.layout_layers = _check_store(layout_template, family, table, "layout template") if layout_template is not None else []
+    if layout_template is not None:
+        check_template_matches(layout_template, _run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent["samples"]))
     if palette is None:
         config.appearance_weight = 0.0
     if layout_template is None:
@@ -315,3 +317,66 @@ def guided_sample(model_patcher, seed, steps, cfg, sampler_name, scheduler, posi
     (out,) = comfy_nodes.common_ksampler(guided, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
                                          denoise=denoise)
     return out, run.log
+
+
+def _run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent_samples) -> dict:
+    """What a layout template must share with the guided run that uses it, as metadata strings."""
+    return {"seed": str(int(seed)), "steps": str(int(steps)), "sampler": sampler_name, "scheduler": scheduler,
+            "denoise": f"{float(denoise):.4f}", "latent_size": f"{latent_samples.shape[-2]}x{latent_samples.shape[-1]}",
+            "cfg": f"{float(cfg):.4f}"}
+
+
+def check_template_matches(layout_template, facts: dict) -> None:
+    """ValueError naming every fact in which the template's run differs from this one."""
+    recorded = layout_template.metadata.extra
+    differ = [f"{key} {recorded.get(key)} vs {value}" for key, value in facts.items()
+              if key != "cfg" and recorded.get(key) != value]
+    if differ:
+        raise ValueError("the layout template was drawn with another " + ", ".join(differ) +
+                         " (template vs this run): draw it with the same seed, steps, sampler, scheduler, denoise "
+                         "and latent size as the guided run")
+
+
+def draw_layout_template(model_patcher, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
+                         denoise=1.0, kernel_size=3, smoothing_sigma=0.5):
+    """Samples with the (vanilla) MODEL as KSampler does and records the subject's smoothed maps of every
+    cross-attention layer at every step. Returns (LayoutTemplate, latent dict, subject map [B, H, W] of the
+    first step, averaged over layers, for previews)."""
+    import nodes as comfy_nodes
+
+    family = model_family(model_patcher)
+    table = layer_table(model_patcher)
+    subject = subject_of(positive)
+    config = ops.GuidanceConfig()
+    config.layout_layers = table.default_layout_layers()
+    config.token_indices = list(subject["indices"])
+    config.smoothing_kernel = kernel_size
+    config.smoothing_sigma = smoothing_sigma
+    engine = ops.GuidanceEngine(config)
+    recorded = []  # (step, sigma, {layer: smoothed map})
+
+    def on_step(step, steps_total, sigma, recorder):
+        maps = {key: ops.gaussian_smooth(recorder.maps()[key].mean(1).detach().clone(), kernel_size, smoothing_sigma)
+                for key in config.layout_layers}
+        recorded.append((step, sigma, maps))
+
+    capturing = capture_each_step(model_patcher, engine, on_step)
+    (out,) = comfy_nodes.common_ksampler(capturing, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                                         latent, denoise=denoise)
+    metadata = ops.GuidanceMetadata()
+    metadata.model_family = family
+    metadata.layer_keys = list(config.layout_layers)
+    metadata.tokens = ops.SubjectTokens(subject["subject"], subject["prompt"], list(subject["indices"]))
+    metadata.image_height = int(latent["samples"].shape[-2]) * 8
+    metadata.image_width = int(latent["samples"].shape[-1]) * 8
+    metadata.sigmas = [sigma for _, sigma, _ in recorded]
+    metadata.feature_source = "attn2_probabilities"
+    metadata.extra = _run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent["samples"])
+    template = ops.LayoutTemplate(metadata)
+    for index, (_, _, maps) in enumerate(recorded):
+        for key, value in maps.items():
+            template.set(index, key, value)
+    first = recorded[0][2]
+    size = max((m.shape[-2], m.shape[-1]) for m in first.values())
+    preview = ops.average_token_maps(list(first.values()), size)
+    return template, out, preview

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import comfy.samplers
 from comfy_api.latest import io
 
 from . import comfy_host
-from .types import LayoutTemplate, Palette
+from .types import LayoutTemplate, Palette, ksampler_inputs
 
 
 class GuidedKSampler(io.ComfyNode):
@@ -19,16 +18,7 @@ class GuidedKSampler(io.ComfyNode):
             description="KSampler whose conditional prediction is guided towards the palette's appearance and "
                         "the template's layout (Pick-and-Draw, arXiv 2401.16762).",
             inputs=[
-                io.Model.Input("model", tooltip="The (personalised) model to sample with."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-                io.Int.Input("steps", default=20, min=1, max=10000),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS),
-                io.Conditioning.Input("positive", tooltip="From 'Subject Prompt (Pick-and-Draw)': it carries the subject's tokens."),
-                io.Conditioning.Input("negative"),
-                io.Latent.Input("latent_image"),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+                *ksampler_inputs("Noise seed; a layout template must have been drawn with the same one."),
                 Palette.Input("palette", optional=True, tooltip="Appearance to pick from; leave empty for layout only."),
                 LayoutTemplate.Input("layout_template", optional=True, tooltip="Layout to draw towards; leave empty for appearance only."),
                 io.Float.Input("appearance_weight", default=1.0, min=0.0, max=100.0, step=0.05),

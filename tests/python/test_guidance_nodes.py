@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -18,11 +20,13 @@ def env():
 
     prompt_nodes = importlib.import_module(f"{PACK_NAME}.nodes.prompt_nodes")
     guidance_nodes = importlib.import_module(f"{PACK_NAME}.nodes.guidance_nodes")
-    return host, prompt_nodes.SubjectPrompt, guidance_nodes.GuidedKSampler, tiny_clip()
+    template_nodes = importlib.import_module(f"{PACK_NAME}.nodes.template_nodes")
+    return types.SimpleNamespace(host=host, subject_prompt=prompt_nodes.SubjectPrompt, guided=guidance_nodes.GuidedKSampler,
+                                 draw=template_nodes.DrawLayoutTemplate, clip=tiny_clip())
 
 
 def test_subject_tokens_are_found_and_travel_with_the_conditioning(env):
-    host, subject_prompt, _, clip = env
+    host, subject_prompt, clip = env.host, env.subject_prompt, env.clip
     (cond,) = subject_prompt.execute(clip=clip, text="a photo of a sks dog on the beach", subject="sks dog").result
     info = cond[0][1][host.SUBJECT_KEY]
     # <start> a photo of a sks dog ...: "sks" and "dog" are tokens 5 and 6 (one token each here).
@@ -36,15 +40,16 @@ def test_subject_tokens_are_found_and_travel_with_the_conditioning(env):
 
 
 def test_a_missing_subject_lists_the_prompt_tokens(env):
-    _, subject_prompt, _, clip = env
+    subject_prompt, clip = env.subject_prompt, env.clip
     with pytest.raises(ValueError, match=r"'cat' is not in the prompt; the prompt's tokens are: .*dog"):
         subject_prompt.execute(clip=clip, text="a photo of a dog", subject="cat")
     with pytest.raises(ValueError, match="subject is empty"):
         subject_prompt.execute(clip=clip, text="a photo of a dog", subject="  ")
 
 
-def _stores(ops, host, patcher, clip, steps):
-    """Template from the plain run of the prompt, palette from a 'reference' run, via the capture helper."""
+def _stores(ops, host, patcher, clip, steps, seed=3):
+    """Template by the Draw Layout Template node (same seed as the guided runs below), palette from a
+    'reference' run through the capture helper."""
     import comfy.samplers
     import comfy.sample
 
@@ -55,20 +60,25 @@ def _stores(ops, host, patcher, clip, steps):
     config.token_indices = [5]
     engine = ops.GuidanceEngine(config)
     sigmas = comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "normal", steps)[:-1]
-    template = ops.LayoutTemplate(_metadata(ops, config.layout_layers, sigmas))
     palette = ops.Palette(_metadata(ops, config.appearance_layers, sigmas))
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a dog"))
     latent = torch.zeros(1, 4, 16, 16)
-    for seed, record in ((0, lambda i, n, s, r: engine.record_template_entry(r, template, i)),
-                         (9, lambda i, n, s, r: engine.record_palette_entry(r, palette, i))):
-        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-        comfy.sample.sample(host.capture_each_step(patcher, engine, record), noise, steps, 7.5, "euler", "normal",
-                            cond, cond, latent, seed=seed, disable_pbar=True)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(9))
+    comfy.sample.sample(host.capture_each_step(patcher, engine, lambda i, n, s, r: engine.record_palette_entry(r, palette, i)),
+                        noise, steps, 7.5, "euler", "normal", cond, cond, latent, seed=9, disable_pbar=True)
+    template, _, _ = host.draw_layout_template(patcher, seed, steps, 7.5, "euler", "normal", *_prompts(host, clip),
+                                               {"samples": latent})
     return palette, template
 
 
+def _prompts(host, clip):
+    positive = host.with_subject(clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a dog")),
+                                 host.subject_tokens(clip, "a photo of a dog", "dog"))
+    return positive, clip.encode_from_tokens_scheduled(clip.tokenize(""))
+
+
 def test_guided_ksampler_runs_and_differs_from_plain_sampling(ops, env):
-    host, subject_prompt, guided_ksampler, clip = env
+    host, subject_prompt, guided_ksampler, clip = env.host, env.subject_prompt, env.guided, env.clip
     import nodes as comfy_nodes
 
     patcher = sharpen_cross_attention(tiny_sd1_patcher())
@@ -89,7 +99,7 @@ def test_guided_ksampler_runs_and_differs_from_plain_sampling(ops, env):
 
 
 def test_guided_ksampler_explains_bad_inputs(ops, env):
-    host, subject_prompt, guided_ksampler, clip = env
+    host, subject_prompt, guided_ksampler, clip = env.host, env.subject_prompt, env.guided, env.clip
     patcher = tiny_sd1_patcher()
     (positive,) = subject_prompt.execute(clip=clip, text="a photo of a dog", subject="dog").result
     plain_positive = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a dog"))
@@ -107,3 +117,36 @@ def test_guided_ksampler_explains_bad_inputs(ops, env):
         guided_ksampler.execute(positive=positive, palette=palette, **common)
     with pytest.raises(ValueError, match="carries no Pick-and-Draw subject"):
         guided_ksampler.execute(positive=plain_positive, palette=palette, **common)
+
+
+def test_draw_layout_template_records_every_step_and_keeps_the_sample(ops, env):
+    host, clip = env.host, env.clip
+    import nodes as comfy_nodes
+
+    patcher = tiny_sd1_patcher()
+    positive, negative = _prompts(host, clip)
+    latent = {"samples": torch.zeros(1, 4, 16, 16)}
+    template, out, preview = env.draw.execute(model=patcher, positive=positive, negative=negative, latent_image=latent,
+                                                   seed=5, steps=3, cfg=7.5, sampler_name="euler", scheduler="normal",
+                                                   denoise=1.0).result
+    assert len(template.metadata.sigmas) == 3 and len(template) == 3 * 7
+    assert template.metadata.extra["seed"] == "5" and template.metadata.extra["latent_size"] == "16x16"
+    assert template.metadata.tokens.indices == [5]
+    (plain,) = comfy_nodes.common_ksampler(patcher, 5, 3, 7.5, "euler", "normal", positive, negative, latent)
+    torch.testing.assert_close(out["samples"], plain["samples"])  # recording does not change the sample
+    assert preview.shape == (1, 128, 128, 3) and float(preview.min()) >= 0 and float(preview.max()) <= 1
+
+
+def test_a_template_reproduces_its_own_layout_and_refuses_other_seeds(ops, env):
+    host, clip = env.host, env.clip
+    patcher = sharpen_cross_attention(tiny_sd1_patcher())
+    palette, template = _stores(ops, host, patcher, clip, steps=4, seed=3)
+    positive, negative = _prompts(host, clip)
+    latent = {"samples": torch.zeros(1, 4, 16, 16)}
+    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 1.0}
+    _, log = host.guided_sample(patcher, 3, 4, 7.5, "euler", "normal", positive, negative, latent, 1.0,
+                                None, template, weights, 0.0)
+    assert all(entry["layout"] < 1e-5 for entry in log), log  # same seed, no guidance: the template's own layout
+    with pytest.raises(ValueError, match="drawn with another seed 3 vs 4"):
+        host.guided_sample(patcher, 4, 4, 7.5, "euler", "normal", positive, negative, latent, 1.0,
+                           None, template, weights, 1.0)
