@@ -97,7 +97,7 @@ def _step_of(sigma, model_options) -> tuple[int, int]:
         raise RuntimeError("ComfyUI did not provide sample_sigmas: guided sampling needs a KSampler or SamplerCustom")
     schedule = schedule.detach().float().cpu()
     current = float(sigma.detach().float().flatten()[0])
-    index = int(torch.argmin((schedule[:-1] - current).abs()))
+    index = int(torch.argmin((schedule - current).abs()))  # first match: a schedule's final 0 is never asked for
     return index, len(schedule) - 1
 
 
@@ -337,6 +337,31 @@ def check_template_matches(layout_template, facts: dict) -> None:
                          "and latent size as the guided run")
 
 
+def _recording_setup(model_patcher, positive, **config_fields):
+    """(family, subject, config, engine) for a capture pass of this MODEL and prompt."""
+    family = model_family(model_patcher)
+    layer_table(model_patcher)  # refuses unsupported layouts before anything runs
+    subject = subject_of(positive)
+    config = ops.GuidanceConfig()
+    config.token_indices = list(subject["indices"])
+    for name, value in config_fields.items():
+        setattr(config, name, value)
+    return family, subject, config, ops.GuidanceEngine(config)
+
+
+def _store_metadata(family, layers, subject, sigmas, feature_source, height, width, extra, tau=0.5):
+    metadata = ops.GuidanceMetadata()
+    metadata.model_family = family
+    metadata.layer_keys = list(layers)
+    metadata.tokens = ops.SubjectTokens(subject["subject"], subject["prompt"], list(subject["indices"]))
+    metadata.image_height, metadata.image_width = int(height), int(width)
+    metadata.sigmas = [float(s) for s in sigmas]
+    metadata.feature_source = feature_source
+    metadata.tau = tau
+    metadata.extra = extra
+    return metadata
+
+
 def draw_layout_template(model_patcher, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
                          denoise=1.0, kernel_size=3, smoothing_sigma=0.5):
     """Samples with the (vanilla) MODEL as KSampler does and records the subject's smoothed maps of every
@@ -344,15 +369,9 @@ def draw_layout_template(model_patcher, seed, steps, cfg, sampler_name, schedule
     first step, averaged over layers, for previews)."""
     import nodes as comfy_nodes
 
-    family = model_family(model_patcher)
-    table = layer_table(model_patcher)
-    subject = subject_of(positive)
-    config = ops.GuidanceConfig()
-    config.layout_layers = table.default_layout_layers()
-    config.token_indices = list(subject["indices"])
-    config.smoothing_kernel = kernel_size
-    config.smoothing_sigma = smoothing_sigma
-    engine = ops.GuidanceEngine(config)
+    family, subject, config, engine = _recording_setup(
+        model_patcher, positive, layout_layers=layer_table(model_patcher).default_layout_layers(),
+        smoothing_kernel=kernel_size, smoothing_sigma=smoothing_sigma)
     recorded = []  # (step, sigma, {layer: smoothed map})
 
     def on_step(step, steps_total, sigma, recorder):
@@ -363,16 +382,10 @@ def draw_layout_template(model_patcher, seed, steps, cfg, sampler_name, schedule
     capturing = capture_each_step(model_patcher, engine, on_step)
     (out,) = comfy_nodes.common_ksampler(capturing, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                          latent, denoise=denoise)
-    metadata = ops.GuidanceMetadata()
-    metadata.model_family = family
-    metadata.layer_keys = list(config.layout_layers)
-    metadata.tokens = ops.SubjectTokens(subject["subject"], subject["prompt"], list(subject["indices"]))
-    metadata.image_height = int(latent["samples"].shape[-2]) * 8
-    metadata.image_width = int(latent["samples"].shape[-1]) * 8
-    metadata.sigmas = [sigma for _, sigma, _ in recorded]
-    metadata.feature_source = "attn2_probabilities"
-    metadata.extra = _run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent["samples"])
-    template = ops.LayoutTemplate(metadata)
+    template = ops.LayoutTemplate(_store_metadata(
+        family, config.layout_layers, subject, [sigma for _, sigma, _ in recorded], "attn2_probabilities",
+        latent["samples"].shape[-2] * 8, latent["samples"].shape[-1] * 8,
+        _run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent["samples"])))
     for index, (_, _, maps) in enumerate(recorded):
         for key, value in maps.items():
             template.set(index, key, value)
@@ -380,3 +393,73 @@ def draw_layout_template(model_patcher, seed, steps, cfg, sampler_name, schedule
     size = max((m.shape[-2], m.shape[-1]) for m in first.values())
     preview = ops.average_token_maps(list(first.values()), size)
     return template, out, preview
+
+
+@torch.no_grad()
+def _invert(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """Deterministic inversion along ascending sigmas: Euler in sigma space with the model's own prediction,
+    which with cfg 1 is DDIM inversion. The model is evaluated at the next noise level with the current latent
+    (the usual DDIM-inversion approximation), so each level costs one model call."""
+    extra_args = extra_args or {}
+    s_in = x.new_ones([x.shape[0]])
+    previous = 0.0
+    for i, sigma in enumerate(sigmas):
+        denoised = model(x, sigma * s_in, **extra_args)
+        x = x + (sigma - previous) * (x - denoised) / sigma
+        previous = sigma
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+    return x
+
+
+def pick_palette(model_patcher, vae, image, positive, steps, scheduler, mask=None, tau=0.5, min_pixels=4):
+    """Inverts the reference image along the model's own sigma schedule (one pass, cfg 1) and keeps, at every
+    sigma, the appearance layers' features inside the subject (the saliency mask of the subject's maps, or
+    the given MASK). Returns (Palette, token map [H, W] at the lowest sigma, mask [H, W] at the finest
+    appearance layer), the last two for previews."""
+    import comfy.sample
+
+    if image.shape[1] % 8 or image.shape[2] % 8:
+        raise ValueError(f"the reference image is {image.shape[2]}x{image.shape[1]}: both sides must be multiples of 8 "
+                         "(resize or crop it)")
+    if image.shape[0] != 1:
+        raise ValueError(f"give one reference image, got a batch of {image.shape[0]}")
+    family, subject, config, engine = _recording_setup(
+        model_patcher, positive, appearance_layers=layer_table(model_patcher).default_appearance_layers(),
+        tau=tau, min_mask_pixels=min_pixels)
+    latent = vae.encode(image[..., :3])
+    schedule = comfy.samplers.calculate_sigmas(model_patcher.get_model_object("model_sampling"), scheduler, steps)
+    ascending = schedule[schedule > 0].flip(0)
+    recorded = []  # (sigma, {layer: features}, token map, mask)
+
+    def on_step(step, steps_total, sigma, recorder):
+        entries, masks = {}, {}
+        for layer in config.appearance_layers:
+            features = recorder.features()[layer][0].detach().clone()  # the one conditional row
+            h, w = recorder.maps()[layer].shape[-2:]
+            if mask is None:
+                keep = engine.subject_mask(recorder, h, w)[0] > 0.5
+            else:
+                resized = torch.nn.functional.interpolate(mask.reshape(1, 1, *mask.shape[-2:]).float(), size=(h, w), mode="area")
+                keep = resized.flatten() > 0.5
+                if not keep.any():
+                    raise ValueError("the mask covers no part of the subject at the feature resolution: widen it")
+            entries[layer] = features[keep.to(features.device)]
+            masks[layer] = keep.view(h, w)
+        maps = [m.mean(1).detach().clone() for m in recorder.maps().values()]
+        size = max((m.shape[-2], m.shape[-1]) for m in maps)
+        recorded.append((sigma, entries, ops.average_token_maps(maps, size)[0], masks))
+
+    capturing = capture_each_step(model_patcher, engine, on_step)
+    sampler = comfy.samplers.KSAMPLER(_invert)
+    comfy.sample.sample_custom(capturing, torch.zeros_like(latent), 1.0, sampler, ascending, positive, positive, latent,
+                               disable_pbar=False, seed=0)
+    palette = ops.Palette(_store_metadata(
+        family, config.appearance_layers, subject, [sigma for sigma, _, _, _ in recorded], "attn2_output",
+        image.shape[1], image.shape[2],
+        {"steps": str(int(steps)), "scheduler": scheduler, "mask": "user" if mask is not None else "saliency"}, tau))
+    for index, (_, entries, _, _) in enumerate(recorded):
+        for layer, features in entries.items():
+            palette.set(index, layer, features)
+    finest = max(config.appearance_layers, key=lambda key: recorded[0][3][key].numel())
+    return palette, recorded[0][2], recorded[0][3][finest]

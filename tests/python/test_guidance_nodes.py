@@ -150,3 +150,61 @@ def test_a_template_reproduces_its_own_layout_and_refuses_other_seeds(ops, env):
     with pytest.raises(ValueError, match="drawn with another seed 3 vs 4"):
         host.guided_sample(patcher, 4, 4, 7.5, "euler", "normal", positive, negative, latent, 1.0,
                            None, template, weights, 1.0)
+
+
+class PoolingVae:
+    """Stands in for a VAE in node tests: 8x average pooling of the RGB image, then 4 latent channels."""
+
+    def encode(self, pixels):
+        pooled = torch.nn.functional.avg_pool2d(pixels.movedim(-1, 1), 8)
+        return torch.cat([pooled, pooled.mean(1, keepdim=True)], dim=1) * 2 - 1
+
+
+def test_pick_palette_inverts_the_reference_and_keeps_subject_features(ops, env):
+    import importlib
+
+    from conftest import PACK_NAME
+
+    pick = importlib.import_module(f"{PACK_NAME}.nodes.palette_nodes").PickPalette
+    host, clip = env.host, env.clip
+    patcher = tiny_sd1_patcher()
+    positive, _ = _prompts(host, clip)
+    image = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(4))
+    palette, overlay, token_map = pick.execute(model=patcher, vae=PoolingVae(), image=image, positive=positive,
+                                               steps=4, scheduler="normal", tau=0.5).result
+    assert len(palette.metadata.sigmas) == 4 and palette.metadata.sigmas == sorted(palette.metadata.sigmas)
+    assert palette.metadata.extra["mask"] == "saliency" and palette.metadata.image_height == 128
+    for i in range(4):
+        for layer in palette.metadata.layer_keys:
+            entry = palette.get(i, layer)
+            assert 4 <= entry.shape[0] < 64 and entry.shape[1] == 64  # masked subset of the 8x8 grid, 64 channels
+    assert overlay.shape == (1, 128, 128, 3) and token_map.shape == (1, 128, 128, 3)
+    # A user mask replaces the saliency mask: the left half of the image.
+    mask = torch.zeros(1, 128, 128)
+    mask[:, :, :64] = 1
+    masked, _, _ = pick.execute(model=patcher, vae=PoolingVae(), image=image, positive=positive, steps=4,
+                                scheduler="normal", tau=0.5, mask=mask).result
+    assert masked.metadata.extra["mask"] == "user"
+    assert all(masked.get(0, layer).shape[0] == 32 for layer in masked.metadata.layer_keys)  # half of 8x8
+    with pytest.raises(ValueError, match="multiples of 8"):
+        pick.execute(model=patcher, vae=PoolingVae(), image=image[:, :100], positive=positive, steps=4,
+                     scheduler="normal", tau=0.5)
+
+
+def test_pick_draw_and_guided_sampling_end_to_end(ops, env):
+    """Reference image -> palette, vanilla run -> template, guided run with both, as the nodes chain them."""
+    host, clip = env.host, env.clip
+    patcher = sharpen_cross_attention(tiny_sd1_patcher())
+    positive, negative = _prompts(host, clip)
+    image = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(4))
+    palette, _, _ = host.pick_palette(patcher, PoolingVae(), image, positive, 4, "normal")
+    latent = {"samples": torch.zeros(1, 4, 16, 16)}
+    template, _, _ = host.draw_layout_template(patcher, 7, 4, 7.5, "euler", "normal", positive, negative, latent)
+    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 0.5}
+    out, log = host.guided_sample(patcher, 7, 4, 7.5, "euler", "normal", positive, negative, latent, 1.0,
+                                  palette, template, weights, 1e4)
+    assert torch.isfinite(out["samples"]).all()
+    assert [entry["layout"] is not None for entry in log] == [True, True, False, False]
+    assert all(entry["appearance"] is not None and entry["appearance"] > 0 for entry in log)
+    # The guided schedule's sigmas are the palette's (same scheduler and steps), in the other order.
+    assert [entry["palette_sigma_index"] for entry in log] == [3, 2, 1, 0]
