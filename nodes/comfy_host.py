@@ -287,15 +287,9 @@ def _check_store(store, family: str, table, what: str) -> list[str]:
     return list(store.metadata.layer_keys)
 
 
-def guided_sample(model_patcher, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise,
-                  palette, layout_template, weights: dict, strength: float):
-    """ComfyUI's KSampler (same noise, schedule, preview and progress) with Pick-and-Draw guidance.
-
-    weights: appearance_weight, layout_weight, appearance_start/end, layout_start/end, tau (the engine's
-    config fields). A term whose store is not connected is off. Returns (latent dict, run log).
-    """
-    import nodes as comfy_nodes  # ComfyUI's nodes.py: common_ksampler is its KSampler
-
+def _guidance_engine(model_patcher, positive, palette, layout_template, weights: dict):
+    """The engine for a guided run: layers from the connected stores (checked against this MODEL), tokens from
+    the positive conditioning, weights as given; a term without its store is off."""
     if palette is None and layout_template is None:
         raise ValueError("connect a palette, a layout template, or both: without them there is nothing to guide")
     family = model_family(model_patcher)
@@ -306,13 +300,25 @@ def guided_sample(model_patcher, seed, steps, cfg, sampler_name, scheduler, posi
         setattr(config, name, value)
     config.appearance_layers = _check_store(palette, family, table, "palette") if palette is not None else []
     config.layout_layers = _check_store(layout_template, family, table, "layout template") if layout_template is not None else []
-    if layout_template is not None:
-        check_template_matches(layout_template, _run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent["samples"]))
     if palette is None:
         config.appearance_weight = 0.0
     if layout_template is None:
         config.layout_weight = 0.0
-    engine = ops.GuidanceEngine(config)
+    return ops.GuidanceEngine(config)
+
+
+def guided_sample(model_patcher, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise,
+                  palette, layout_template, weights: dict, strength: float):
+    """ComfyUI's KSampler (same noise, schedule, preview and progress) with Pick-and-Draw guidance.
+
+    weights: appearance_weight, layout_weight, appearance_start/end, layout_start/end, tau (the engine's
+    config fields). A term whose store is not connected is off. Returns (latent dict, run log).
+    """
+    import nodes as comfy_nodes  # ComfyUI's nodes.py: common_ksampler is its KSampler
+
+    if layout_template is not None:
+        check_template_matches(layout_template, _run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent["samples"]))
+    engine = _guidance_engine(model_patcher, positive, palette, layout_template, weights)
     guided, run = guide_model(model_patcher, engine, palette, layout_template, strength)
     (out,) = comfy_nodes.common_ksampler(guided, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
                                          denoise=denoise)
@@ -463,3 +469,15 @@ def pick_palette(model_patcher, vae, image, positive, steps, scheduler, mask=Non
             palette.set(index, layer, features)
     finest = max(config.appearance_layers, key=lambda key: recorded[0][3][key].numel())
     return palette, recorded[0][2], recorded[0][3][finest]
+
+
+def guided_cfg_guider(model_patcher, positive, negative, cfg, palette, layout_template, weights: dict, strength: float):
+    """A CFGGuider for SamplerCustomAdvanced that samples with the guidance. The noise and sigmas come from the
+    other nodes of that graph, so the template's seed and schedule cannot be checked here: the sigma lookup
+    still refuses a schedule outside the recorded range."""
+    engine = _guidance_engine(model_patcher, positive, palette, layout_template, weights)
+    guided, run = guide_model(model_patcher, engine, palette, layout_template, strength)
+    guider = comfy.samplers.CFGGuider(guided)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    return guider, run

@@ -8,6 +8,27 @@ from . import comfy_host
 from .types import LayoutTemplate, Palette, ksampler_inputs
 
 
+def _guidance_inputs() -> list:
+    """The stores and knobs shared by the guided sampler and the guider."""
+    return [
+        Palette.Input("palette", optional=True, tooltip="Appearance to pick from; leave empty for layout only."),
+        LayoutTemplate.Input("layout_template", optional=True, tooltip="Layout to draw towards; leave empty for appearance only."),
+        io.Float.Input("appearance_weight", default=1.0, min=0.0, max=100.0, step=0.05),
+        io.Float.Input("layout_weight", default=1.0, min=0.0, max=100.0, step=0.05),
+        io.Float.Input("appearance_end", default=0.8, min=0.0, max=1.0, step=0.01,
+                       tooltip="Fraction of the steps during which the appearance term is on."),
+        io.Float.Input("layout_end", default=0.5, min=0.0, max=1.0, step=0.01,
+                       tooltip="Fraction of the steps during which the layout term is on."),
+        io.Float.Input("strength", default=1.0, min=0.0, max=1e6, step=0.1,
+                       tooltip="Guidance strength v: the denoised estimate moves by -v * sigma^2 * gradient."),
+    ]
+
+
+def _weights(appearance_weight, layout_weight, appearance_end, layout_end) -> dict:
+    return {"appearance_weight": appearance_weight, "layout_weight": layout_weight,
+            "appearance_end": appearance_end, "layout_end": layout_end}
+
+
 class GuidedKSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -19,16 +40,7 @@ class GuidedKSampler(io.ComfyNode):
                         "the template's layout (Pick-and-Draw, arXiv 2401.16762).",
             inputs=[
                 *ksampler_inputs("Noise seed; a layout template must have been drawn with the same one."),
-                Palette.Input("palette", optional=True, tooltip="Appearance to pick from; leave empty for layout only."),
-                LayoutTemplate.Input("layout_template", optional=True, tooltip="Layout to draw towards; leave empty for appearance only."),
-                io.Float.Input("appearance_weight", default=1.0, min=0.0, max=100.0, step=0.05),
-                io.Float.Input("layout_weight", default=1.0, min=0.0, max=100.0, step=0.05),
-                io.Float.Input("appearance_end", default=0.8, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of the steps during which the appearance term is on."),
-                io.Float.Input("layout_end", default=0.5, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of the steps during which the layout term is on."),
-                io.Float.Input("strength", default=1.0, min=0.0, max=1e6, step=0.1,
-                               tooltip="Guidance strength v: the denoised estimate moves by -v * sigma^2 * gradient."),
+                *_guidance_inputs(),
             ],
             outputs=[io.Latent.Output()],
         )
@@ -37,11 +49,38 @@ class GuidedKSampler(io.ComfyNode):
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 appearance_weight, layout_weight, appearance_end, layout_end, strength,
                 palette=None, layout_template=None) -> io.NodeOutput:
-        weights = {"appearance_weight": appearance_weight, "layout_weight": layout_weight,
-                   "appearance_end": appearance_end, "layout_end": layout_end}
+        weights = _weights(appearance_weight, layout_weight, appearance_end, layout_end)
         out, _ = comfy_host.guided_sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                           latent_image, denoise, palette, layout_template, weights, strength)
         return io.NodeOutput(out)
 
 
-NODES = [GuidedKSampler]
+class PickAndDrawGuider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PickAndDraw_Guider",
+            display_name="Pick-and-Draw Guider",
+            category="pick_and_draw",
+            description="A CFG guider with Pick-and-Draw guidance, for SamplerCustomAdvanced. The template's seed and "
+                        "schedule cannot be checked here: draw it with the same noise seed and sigmas.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Conditioning.Input("positive", tooltip="From 'Subject Prompt (Pick-and-Draw)'."),
+                io.Conditioning.Input("negative"),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01),
+                *_guidance_inputs(),
+            ],
+            outputs=[io.Guider.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, cfg, appearance_weight, layout_weight, appearance_end, layout_end,
+                strength, palette=None, layout_template=None) -> io.NodeOutput:
+        guider, _ = comfy_host.guided_cfg_guider(model, positive, negative, cfg, palette, layout_template,
+                                                 _weights(appearance_weight, layout_weight, appearance_end, layout_end),
+                                                 strength)
+        return io.NodeOutput(guider)
+
+
+NODES = [GuidedKSampler, PickAndDrawGuider]

@@ -11,7 +11,7 @@ import torch
 from comfy_env import require_comfyui
 from conftest import PACK_NAME, ROOT
 
-NODE_IDS = ["PickAndDraw_SubjectPrompt", "PickAndDraw_PickPalette", "PickAndDraw_DrawLayoutTemplate", "PickAndDraw_GuidedKSampler", "PickAndDraw_SavePalette", "PickAndDraw_LoadPalette", "PickAndDraw_SaveLayoutTemplate", "PickAndDraw_LoadLayoutTemplate"]
+NODE_IDS = ["PickAndDraw_SubjectPrompt", "PickAndDraw_PickPalette", "PickAndDraw_DrawLayoutTemplate", "PickAndDraw_GuidedKSampler", "PickAndDraw_Guider", "PickAndDraw_SavePalette", "PickAndDraw_LoadPalette", "PickAndDraw_SaveLayoutTemplate", "PickAndDraw_LoadLayoutTemplate"]
 
 
 @pytest.fixture(scope="module")

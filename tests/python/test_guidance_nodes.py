@@ -208,3 +208,30 @@ def test_pick_draw_and_guided_sampling_end_to_end(ops, env):
     assert all(entry["appearance"] is not None and entry["appearance"] > 0 for entry in log)
     # The guided schedule's sigmas are the palette's (same scheduler and steps), in the other order.
     assert [entry["palette_sigma_index"] for entry in log] == [3, 2, 1, 0]
+
+
+def test_the_guider_samples_like_the_guided_ksampler(ops, env):
+    """SamplerCustomAdvanced with the guider equals the Guided KSampler for the same noise and sigmas."""
+    import importlib
+
+    import comfy.sample
+    import comfy.samplers
+
+    from conftest import PACK_NAME
+
+    guider_node = importlib.import_module(f"{PACK_NAME}.nodes.guidance_nodes").PickAndDrawGuider
+    host, clip = env.host, env.clip
+    patcher = sharpen_cross_attention(tiny_sd1_patcher())
+    palette, template = _stores(ops, host, patcher, clip, steps=4, seed=3)
+    positive, negative = _prompts(host, clip)
+    knobs = dict(appearance_weight=1.0, layout_weight=1.0, appearance_end=0.8, layout_end=0.5, strength=1e4,
+                 palette=palette, layout_template=template)
+    (guider,) = guider_node.execute(model=patcher, positive=positive, negative=negative, cfg=7.5, **knobs).result
+    latent = torch.zeros(1, 4, 16, 16)
+    noise = comfy.sample.prepare_noise(latent, 3)
+    sigmas = comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "normal", 4)
+    custom = guider.sample(noise, latent, comfy.samplers.sampler_object("euler"), sigmas, seed=3, disable_pbar=True)
+    (ksampled,) = env.guided.execute(model=patcher, seed=3, steps=4, cfg=7.5, sampler_name="euler", scheduler="normal",
+                                     positive=positive, negative=negative, latent_image={"samples": latent}, denoise=1.0,
+                                     **knobs).result
+    torch.testing.assert_close(custom, ksampled["samples"], rtol=1e-4, atol=1e-4)
