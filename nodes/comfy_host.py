@@ -10,6 +10,7 @@ import logging
 
 import comfy.samplers
 import comfy.supported_models as supported_models
+import comfy.utils
 import torch
 
 from . import ops
@@ -456,10 +457,13 @@ def pick_palette(model_patcher, vae, image, positive, steps, scheduler, mask=Non
         size = max((m.shape[-2], m.shape[-1]) for m in maps)
         recorded.append((sigma, entries, ops.average_token_maps(maps, size)[0], masks))
 
+    import latent_preview  # ComfyUI's: progress bar, previews and (through its hook) Cancel
+
     capturing = capture_each_step(model_patcher, engine, on_step)
     sampler = comfy.samplers.KSAMPLER(_invert)
+    callback = latent_preview.prepare_callback(capturing, len(ascending))
     comfy.sample.sample_custom(capturing, torch.zeros_like(latent), 1.0, sampler, ascending, positive, positive, latent,
-                               disable_pbar=False, seed=0)
+                               callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)
     palette = ops.Palette(_store_metadata(
         family, config.appearance_layers, subject, [sigma for sigma, _, _, _ in recorded], "attn2_output",
         image.shape[1], image.shape[2],
