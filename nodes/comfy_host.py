@@ -83,11 +83,19 @@ def attach_recorder(model_patcher, recorder, table):
     one recorder, so every copy ComfyUI makes while sampling records into the same place.
     """
     patched = model_patcher.clone()
+    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    displaced = []
     for layer in table.layers():
         if recorder.watches(layer.key):
+            if (layer.block, layer.block_id, layer.transformer_index) in existing or (layer.block, layer.block_id) in existing:
+                displaced.append(layer.key)
             patched.set_model_attn2_replace(
                 _recorder_callback(recorder, layer.key), layer.block, layer.block_id, layer.transformer_index
             )
+    if displaced:
+        # ComfyUI keeps one attn2 replace per layer: another pack's (IPAdapter, ...) cannot run there too.
+        logger.warning("Pick-and-Draw: another cross-attention replace patch on %s is not used while guiding; "
+                       "patches on the other layers still apply", ", ".join(displaced))
     return patched
 
 
@@ -129,6 +137,19 @@ def _make_weights_differentiable(model) -> int:
     return converted
 
 
+def _check_attention_backend() -> None:
+    """Guidance differentiates through every layer; the Sage and Flash backends have no backward."""
+    import comfy.cli_args
+
+    args = comfy.cli_args.args
+    chosen = [name for name, flag in (("Sage attention", "use_sage_attention"), ("Flash attention", "use_flash_attention"))
+              if getattr(args, flag, False)]
+    if chosen:
+        raise RuntimeError(f"ComfyUI runs with {chosen[0]}, which has no backward pass, and Pick-and-Draw guidance needs "
+                           "gradients through the model's attention: start ComfyUI with --use-pytorch-cross-attention "
+                           "(or without --use-sage-attention / --use-flash-attention) to guide")
+
+
 class GuidanceRun:
     """State of one guided sampling run: the step log and the gradient handed from the model call to CFG."""
 
@@ -150,6 +171,7 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
     prediction for ComfyUI's own CFG; the unconditional rows run without gradients. After CFG the
     denoised estimate moves by -strength * sigma^2 * gradient (self-guidance in k-diffusion's sigma space).
     """
+    _check_attention_backend()
     table = layer_table(model_patcher)
     recorder = ops.AttentionRecorder(engine.recorder_layers(), list(engine.config.token_indices))
     run = GuidanceRun(engine, recorder, palette, layout_template, strength)

@@ -141,3 +141,39 @@ def test_guided_sampling_inside_inference_mode_like_comfyui_prompts(ops, host):
         # A later unguided run of the same MODEL still works and matches a fresh model's output.
         again = sample(patcher, steps=3, seed=3)
         torch.testing.assert_close(again, sample(tiny_sd1_patcher(), steps=3, seed=3))
+
+
+def test_other_attn2_patches_keep_working_on_unwatched_layers_and_are_named_on_watched_ones(ops, host, caplog):
+    patcher = tiny_sd1_patcher()
+    table = host.layer_table(patcher)
+    calls = []
+
+    def other_patch(q, k, v, extra_options):  # e.g. IPAdapter's
+        calls.append(extra_options["block"])
+        return torch.nn.functional.scaled_dot_product_attention(
+            *(t.view(t.shape[0], t.shape[1], extra_options["n_heads"], -1).transpose(1, 2) for t in (q, k, v))
+        ).transpose(1, 2).flatten(2)
+
+    patched = patcher.clone()
+    patched.set_model_attn2_replace(other_patch, "input", 1, 0)   # unwatched below
+    patched.set_model_attn2_replace(other_patch, "output", 3, 0)  # watched below
+    recorder = ops.AttentionRecorder({"output.3.0": ops.LayerCapture(maps=True)}, [2])
+    recorder.capture = True
+    with caplog.at_level("WARNING", logger="pickdraw"):
+        guided = host.attach_recorder(patched, recorder, table)
+    assert "output.3.0" in caplog.text and "input.1.0" not in caplog.text
+    sample(guided, steps=1)
+    assert calls and all(block == ("input", 1) for block in calls)
+    assert "output.3.0" in recorder.maps()
+
+
+@pytest.mark.parametrize("flag", ["use_sage_attention", "use_flash_attention"])
+def test_attention_backends_without_backward_are_refused_clearly(ops, host, monkeypatch, flag):
+    import comfy.cli_args
+
+    monkeypatch.setattr(comfy.cli_args.args, flag, True)
+    config = ops.GuidanceConfig()
+    config.layout_layers = ["output.3.0"]
+    config.token_indices = [2]
+    with pytest.raises(RuntimeError, match="no backward pass.*--use-pytorch-cross-attention"):
+        host.guide_model(tiny_sd1_patcher(), ops.GuidanceEngine(config), None, None, 1.0)

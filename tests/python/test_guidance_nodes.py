@@ -269,3 +269,32 @@ def test_long_nodes_report_progress_every_step_and_stop_on_cancel(ops, env, whic
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
     assert calls == [1, 2]
+
+
+@pytest.mark.parametrize("case", ["cfg 1", "batch 2", "denoise 0.6", "noise mask"])
+def test_guided_sampling_in_the_host_cases(ops, env, case):
+    """cfg 1 (ComfyUI drops the unconditional pass), a batch of 2, img2img with denoise < 1 and an inpainting
+    noise mask: the guided run completes, the terms are on, and with strength 0 it equals KSampler."""
+    import nodes as comfy_nodes
+
+    host, clip = env.host, env.clip
+    patcher = sharpen_cross_attention(tiny_sd1_patcher())
+    positive, negative = _prompts(host, clip)
+    batch = 2 if case == "batch 2" else 1
+    cfg = 1.0 if case == "cfg 1" else 7.5
+    denoise = 0.6 if case == "denoise 0.6" else 1.0
+    latent = {"samples": torch.randn(batch, 4, 16, 16, generator=torch.Generator().manual_seed(1)) if denoise < 1 else torch.zeros(batch, 4, 16, 16)}
+    if case == "noise mask":
+        latent["noise_mask"] = torch.zeros(1, 1, 128, 128)
+        latent["noise_mask"][..., 32:96, 32:96] = 1
+    template, _, _ = host.draw_layout_template(patcher, 3, 4, cfg, "euler", "normal", positive, negative, latent, denoise)
+    assert template.get(0, "output.3.0").shape[0] == batch
+    weights = {"layout_end": 1.0}
+    out, log = host.guided_sample(patcher, 3, 4, cfg, "euler", "normal", positive, negative, latent, denoise,
+                                  None, template, weights, 1e4)
+    assert torch.isfinite(out["samples"]).all() and out["samples"].shape == latent["samples"].shape
+    assert len(log) >= 1 and all(entry["layout"] is not None for entry in log)
+    unguided, _ = host.guided_sample(patcher, 3, 4, cfg, "euler", "normal", positive, negative, latent, denoise,
+                                     None, template, weights, 0.0)
+    (plain,) = comfy_nodes.common_ksampler(patcher, 3, 4, cfg, "euler", "normal", positive, negative, latent, denoise=denoise)
+    torch.testing.assert_close(unguided["samples"], plain["samples"], rtol=1e-4, atol=1e-4)
