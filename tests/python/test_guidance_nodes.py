@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from comfy_env import require_comfyui, sharpen_cross_attention, tiny_clip, tiny_sd1_patcher
+from comfy_env import PoolingVae, require_comfyui, sharpen_cross_attention, tiny_clip, tiny_sd1_patcher
 from test_comfy_host import _metadata
 
 
@@ -150,14 +150,6 @@ def test_a_template_reproduces_its_own_layout_and_refuses_other_seeds(ops, env):
     with pytest.raises(ValueError, match="drawn with another seed 3 vs 4"):
         host.guided_sample(patcher, 4, 4, 7.5, "euler", "normal", positive, negative, latent, 1.0,
                            None, template, weights, 1.0)
-
-
-class PoolingVae:
-    """Stands in for a VAE in node tests: 8x average pooling of the RGB image, then 4 latent channels."""
-
-    def encode(self, pixels):
-        pooled = torch.nn.functional.avg_pool2d(pixels.movedim(-1, 1), 8)
-        return torch.cat([pooled, pooled.mean(1, keepdim=True)], dim=1) * 2 - 1
 
 
 def test_pick_palette_inverts_the_reference_and_keeps_subject_features(ops, env):

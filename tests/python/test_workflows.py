@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_env import require_comfyui, tiny_clip, tiny_sd1_patcher
+from comfy_env import PoolingVae, require_comfyui, tiny_clip, tiny_sd1_patcher
 from conftest import ROOT
-from test_guidance_nodes import PoolingVae
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
