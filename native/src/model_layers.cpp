@@ -57,10 +57,13 @@ ModelLayerTable::ModelLayerTable(const UNetLayout& layout) : family_(layout.fami
     }
   }
   add("middle", 0, layout.transformer_depth_middle, levels - 1);
-  // output_blocks run from the deepest level up, num_res_blocks + 1 blocks per level.
+  // output_blocks run from the deepest level up, num_res_blocks + 1 blocks per level. ComfyUI lists
+  // transformer_depth_output from the shallowest level down and its UNet pops from the end, so
+  // output block `id` takes the entry counted from the back.
+  const int64_t outputs = levels * (nrb + 1);
   for (int64_t level = levels - 1, id = 0; level >= 0; --level) {
     for (int64_t i = 0; i <= nrb; ++i, ++id) {
-      add("output", id, layout.transformer_depth_output[static_cast<size_t>(id)], level);
+      add("output", id, layout.transformer_depth_output[static_cast<size_t>(outputs - 1 - id)], level);
     }
   }
   if (layers_.empty()) invalid("this UNet layout has no cross-attention layers");

@@ -8,11 +8,11 @@
 namespace {
 
 pickdraw::UNetLayout sd1() {
-  return {"sd1", 320, {1, 2, 4, 4}, 2, {1, 1, 1, 1, 1, 1, 0, 0}, 1, {0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1}};
+  return {"sd1", 320, {1, 2, 4, 4}, 2, {1, 1, 1, 1, 1, 1, 0, 0}, 1, {1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0}};
 }
 
 pickdraw::UNetLayout sdxl() {
-  return {"sdxl", 320, {1, 2, 4}, 2, {0, 0, 2, 2, 10, 10}, 10, {10, 10, 10, 2, 2, 2, 0, 0, 0}};
+  return {"sdxl", 320, {1, 2, 4}, 2, {0, 0, 2, 2, 10, 10}, 10, {0, 0, 0, 2, 2, 2, 10, 10, 10}};
 }
 
 TEST(ModelLayerTable, Sd1HasSixteenLayersAtTheKnownKeys) {

@@ -120,3 +120,33 @@ class PoolingVae:
     def encode(self, pixels):
         pooled = torch.nn.functional.avg_pool2d(pixels.movedim(-1, 1), 8)
         return torch.cat([pooled, pooled.mean(1, keepdim=True)], dim=1) * 2 - 1
+
+
+TINY_SDXL = {
+    "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": 2816, "num_classes": "sequential", "use_temporal_resblock": False, "use_temporal_attention": False,
+    "in_channels": 4, "out_channels": 4, "model_channels": 64, "num_res_blocks": [1, 1, 1], "channel_mult": [1, 2, 2],
+    "transformer_depth": [0, 1, 2], "transformer_depth_output": [2, 2, 1, 1, 0, 0], "transformer_depth_middle": 2,
+    "use_linear_in_transformer": True, "context_dim": 64,  # SDXL sets 64 channels per head: widths of 64+
+}
+
+
+def tiny_sdxl_patcher(seed: int = 0):
+    """An SDXL-shaped ModelPatcher (SDXL's config class, ADM size conditioning, linear projections in the
+    transformers) with tiny widths and random weights, on the CPU."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.SDXL(dict(TINY_SDXL))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    generator = torch.Generator().manual_seed(seed)
+    state = {k: torch.randn(v.shape, generator=generator) * 0.05 for k, v in model.diffusion_model.state_dict().items()}
+    model.diffusion_model.load_state_dict(state)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def sdxl_conditioning(seed: int, context_dim: int = 64):
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, 77, context_dim, generator=generator),
+             {"pooled_output": torch.randn(1, 1280, generator=generator), "width": 128, "height": 128}]]

@@ -177,3 +177,41 @@ def test_attention_backends_without_backward_are_refused_clearly(ops, host, monk
     config.token_indices = [2]
     with pytest.raises(RuntimeError, match="no backward pass.*--use-pytorch-cross-attention"):
         host.guide_model(tiny_sd1_patcher(), ops.GuidanceEngine(config), None, None, 1.0)
+
+
+def test_sdxl_shaped_models_are_recognised_and_guided(ops, host):
+    from comfy_env import sdxl_conditioning, tiny_sdxl_patcher
+
+    patcher = tiny_sdxl_patcher()
+    assert host.model_family(patcher) == "sdxl"
+    table = host.layer_table(patcher)
+    keys = [layer.key for layer in table.layers()]
+    # level 1: 1 transformer, level 2: 2 (input and middle), output blocks 0..3 with 2, 2, 1, 1
+    # transformer_depth [0, 1, 2] per input block; output blocks 0..5 take [2, 2, 1, 1, 0, 0] from the back.
+    assert keys == ["input.3.0", "input.5.0", "input.5.1", "middle.0.0", "middle.0.1", "output.2.0", "output.3.0",
+                    "output.4.0", "output.4.1", "output.5.0", "output.5.1"]
+    assert table.default_appearance_layers() == ["output.2.0", "output.3.0"]  # 1/2 resolution; 1/4 has none
+    # Census: ComfyUI runs exactly these layers.
+    seen = set()
+
+    def census(n, context, value, extra_options):
+        block = extra_options["block"]
+        seen.add(f"{block[0]}.{block[1]}.{extra_options['block_index']}")
+        return n, context, value
+
+    import comfy.sample
+
+    counted = patcher.clone()
+    counted.set_model_attn2_patch(census)
+    latent = torch.zeros(1, 4, 16, 16)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+    positive = [[c[0], {**c[1], host.SUBJECT_KEY: {"subject": "dog", "prompt": "a dog", "indices": [2]}}] for c in sdxl_conditioning(1)]
+    comfy.sample.sample(counted, noise, 1, 7.5, "euler", "normal", positive, sdxl_conditioning(2), latent, seed=0, disable_pbar=True)
+    assert seen == set(keys)
+    # Template and guided run through the same code as SD1.x.
+    template, _, _ = host.draw_layout_template(patcher, 0, 3, 7.5, "euler", "normal", positive, sdxl_conditioning(2),
+                                               {"samples": latent})
+    assert template.metadata.model_family == "sdxl" and len(template) == 3 * len(keys)
+    out, log = host.guided_sample(patcher, 0, 3, 7.5, "euler", "normal", positive, sdxl_conditioning(2),
+                                  {"samples": latent}, 1.0, None, template, {"layout_end": 1.0}, 1.0)
+    assert torch.isfinite(out["samples"]).all() and len(log) == 3 and all(e["layout"] < 1e-5 for e in log)

@@ -6,11 +6,11 @@ import pytest
 
 SD1 = dict(family="sd1", model_channels=320, channel_mult=[1, 2, 4, 4], num_res_blocks=2,
            transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
-           transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1])
+           transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])
 SD2 = dict(SD1, family="sd2")
 SDXL = dict(family="sdxl", model_channels=320, channel_mult=[1, 2, 4], num_res_blocks=2,
             transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_middle=10,
-            transformer_depth_output=[10, 10, 10, 2, 2, 2, 0, 0, 0])
+            transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10])
 
 
 def table(ops, config):

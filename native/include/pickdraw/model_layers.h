@@ -18,7 +18,9 @@ struct UNetLayout {
   int64_t num_res_blocks = 0;                    // per level, e.g. 2
   std::vector<int64_t> transformer_depth;        // per input res block (levels x num_res_blocks)
   int64_t transformer_depth_middle = 0;
-  std::vector<int64_t> transformer_depth_output; // per output block (levels x (num_res_blocks + 1))
+  // per output block (levels x (num_res_blocks + 1)), listed as ComfyUI does: shallowest level first,
+  // i.e. the last entry belongs to output block 0
+  std::vector<int64_t> transformer_depth_output;
 };
 
 struct CrossAttentionLayer {
