@@ -53,18 +53,25 @@ TINY_SD1 = {
 }
 
 
-def tiny_sd1_patcher(seed: int = 0):
-    """An SD1.x-shaped ModelPatcher (about 1 M parameters) with random weights, on the CPU."""
+def _random_patcher(config_class, unet_config: dict, seed: int):
+    """A ModelPatcher of ComfyUI's config class with the given UNet config and random weights, on the CPU.
+    (ComfyUI's layers skip initialisation, as weights are always loaded: random values are set here.)"""
     import comfy.model_patcher
-    import comfy.supported_models
 
-    config = comfy.supported_models.SD15(dict(TINY_SD1))
+    config = config_class(dict(unet_config))
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({})
     generator = torch.Generator().manual_seed(seed)
     state = {k: torch.randn(v.shape, generator=generator) * 0.05 for k, v in model.diffusion_model.state_dict().items()}
     model.diffusion_model.load_state_dict(state)
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def tiny_sd1_patcher(seed: int = 0):
+    """An SD1.x-shaped ModelPatcher (about 1 M parameters) with random weights, on the CPU."""
+    import comfy.supported_models
+
+    return _random_patcher(comfy.supported_models.SD15, TINY_SD1, seed)
 
 
 def conditioning(seed: int, batch: int = 1, context_dim: int = 64):
@@ -134,16 +141,9 @@ TINY_SDXL = {
 def tiny_sdxl_patcher(seed: int = 0):
     """An SDXL-shaped ModelPatcher (SDXL's config class, ADM size conditioning, linear projections in the
     transformers) with tiny widths and random weights, on the CPU."""
-    import comfy.model_patcher
     import comfy.supported_models
 
-    config = comfy.supported_models.SDXL(dict(TINY_SDXL))
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    generator = torch.Generator().manual_seed(seed)
-    state = {k: torch.randn(v.shape, generator=generator) * 0.05 for k, v in model.diffusion_model.state_dict().items()}
-    model.diffusion_model.load_state_dict(state)
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    return _random_patcher(comfy.supported_models.SDXL, TINY_SDXL, seed)
 
 
 def sdxl_conditioning(seed: int, context_dim: int = 64):

@@ -24,13 +24,8 @@ def sample(patcher, steps=2, cfg=7.5, seed=0):
                                latent, seed=seed, disable_pbar=True)
 
 
-def test_layer_table_matches_the_layers_comfyui_runs(host):
-    patcher = tiny_sd1_patcher()
-    table = host.layer_table(patcher)
-    assert host.model_family(patcher) == "sd1"
-    keys = [layer.key for layer in table.layers()]
-    assert keys == ["input.1.0", "input.3.0", "middle.0.0", "output.0.0", "output.1.0", "output.2.0", "output.3.0"]
-    # Census of the cross-attention layers ComfyUI actually runs, through an attn2 patch.
+def attention_census(patcher, run) -> set[str]:
+    """The cross-attention layers ComfyUI actually runs in one step of run(model, steps), seen by an attn2 patch."""
     seen = set()
 
     def census(n, context, value, extra_options):
@@ -40,8 +35,17 @@ def test_layer_table_matches_the_layers_comfyui_runs(host):
 
     counted = patcher.clone()
     counted.set_model_attn2_patch(census)
-    sample(counted, steps=1)
-    assert seen == set(keys)
+    run(counted, steps=1)
+    return seen
+
+
+def test_layer_table_matches_the_layers_comfyui_runs(host):
+    patcher = tiny_sd1_patcher()
+    table = host.layer_table(patcher)
+    assert host.model_family(patcher) == "sd1"
+    keys = [layer.key for layer in table.layers()]
+    assert keys == ["input.1.0", "input.3.0", "middle.0.0", "output.0.0", "output.1.0", "output.2.0", "output.3.0"]
+    assert attention_census(patcher, sample) == set(keys)
 
 
 def test_recorder_attached_keeps_the_output_and_records_every_layer(ops, host):
@@ -191,23 +195,17 @@ def test_sdxl_shaped_models_are_recognised_and_guided(ops, host):
     assert keys == ["input.3.0", "input.5.0", "input.5.1", "middle.0.0", "middle.0.1", "output.2.0", "output.3.0",
                     "output.4.0", "output.4.1", "output.5.0", "output.5.1"]
     assert table.default_appearance_layers() == ["output.2.0", "output.3.0"]  # 1/2 resolution; 1/4 has none
-    # Census: ComfyUI runs exactly these layers.
-    seen = set()
-
-    def census(n, context, value, extra_options):
-        block = extra_options["block"]
-        seen.add(f"{block[0]}.{block[1]}.{extra_options['block_index']}")
-        return n, context, value
-
     import comfy.sample
 
-    counted = patcher.clone()
-    counted.set_model_attn2_patch(census)
     latent = torch.zeros(1, 4, 16, 16)
-    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
     positive = [[c[0], {**c[1], host.SUBJECT_KEY: {"subject": "dog", "prompt": "a dog", "indices": [2]}}] for c in sdxl_conditioning(1)]
-    comfy.sample.sample(counted, noise, 1, 7.5, "euler", "normal", positive, sdxl_conditioning(2), latent, seed=0, disable_pbar=True)
-    assert seen == set(keys)
+
+    def run_once(model, steps):
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+        return comfy.sample.sample(model, noise, steps, 7.5, "euler", "normal", positive, sdxl_conditioning(2), latent,
+                                   seed=0, disable_pbar=True)
+
+    assert attention_census(patcher, run_once) == set(keys)  # ComfyUI runs exactly these layers
     # Template and guided run through the same code as SD1.x.
     template, _, _ = host.draw_layout_template(patcher, 0, 3, 7.5, "euler", "normal", positive, sdxl_conditioning(2),
                                                {"samples": latent})
