@@ -290,3 +290,48 @@ def test_guided_sampling_in_the_host_cases(ops, env, case):
                                      None, template, weights, 0.0)
     (plain,) = comfy_nodes.common_ksampler(patcher, 3, 4, cfg, "euler", "normal", positive, negative, latent, denoise=denoise)
     torch.testing.assert_close(unguided["samples"], plain["samples"], rtol=1e-4, atol=1e-4)
+
+
+def test_lora_patches_and_later_runs_are_unharmed_by_guided_sampling(ops, env):
+    """Guided sampling replaces inference-mode weights by ordinary tensors; a LoRA-style weight patch must still
+    apply and be removed as before, and the base model must not keep it."""
+    import nodes as comfy_nodes
+
+    host, clip = env.host, env.clip
+    positive, negative = _prompts(host, clip)
+    latent = {"samples": torch.zeros(1, 4, 16, 16)}
+
+    def plain(model):
+        return comfy_nodes.common_ksampler(model, 3, 3, 7.5, "euler", "normal", positive, negative, latent)[0]["samples"]
+
+    with torch.inference_mode():
+        base = tiny_sd1_patcher()
+        key = "diffusion_model.out.2.weight"
+        lora = base.clone()
+        lora.add_patches({key: (torch.full(base.model.state_dict()[key].shape, 0.02),)}, 1.0)
+        with_lora_before = plain(lora)
+        template, _, _ = host.draw_layout_template(lora, 3, 3, 7.5, "euler", "normal", positive, negative, latent)
+        host.guided_sample(lora, 3, 3, 7.5, "euler", "normal", positive, negative, latent, 1.0, None, template,
+                           {"layout_end": 1.0}, 1e4)
+        torch.testing.assert_close(plain(lora), with_lora_before)
+        lora.unpatch_model()
+        torch.testing.assert_close(plain(base), plain(tiny_sd1_patcher()))
+        assert not torch.allclose(with_lora_before, plain(base))
+
+
+def test_subject_tokens_survive_comfyuis_conditioning_nodes(env):
+    """Concat, area, mask, timestep range and ControlNet-style copies keep the conditioning dict entries."""
+    import nodes as comfy_nodes
+
+    host, clip = env.host, env.clip
+    positive, _ = _prompts(host, clip)
+    other = clip.encode_from_tokens_scheduled(clip.tokenize("a sunny beach"))
+    chains = {
+        "concat": comfy_nodes.ConditioningConcat().concat(positive, other)[0],
+        "area": comfy_nodes.ConditioningSetArea().append(positive, 64, 64, 0, 0, 1.0)[0],
+        "mask": comfy_nodes.ConditioningSetMask().append(positive, torch.ones(1, 16, 16), "default", 1.0)[0],
+        "timestep range": comfy_nodes.ConditioningSetTimestepRange().set_range(positive, 0.0, 0.5)[0],
+        "combine": comfy_nodes.ConditioningCombine().combine(other, positive)[0],
+    }
+    for name, conditioning in chains.items():
+        assert host.subject_of(conditioning)["indices"] == [5], name
