@@ -112,8 +112,11 @@ def tiny_clip(seed: int = 0):
     model = functools.partial(comfy.sd1_clip.SD1ClipModel, clip_model=comfy.sd1_clip.SDClipModel,
                               textmodel_json_config=dict(TINY_CLIP_TEXT))
     target = pytypes.SimpleNamespace(params={}, clip=model, tokenizer=comfy.sd1_clip.SD1Tokenizer)
-    clip = comfy.sd.CLIP(target=target)
-    # ComfyUI's layers skip initialisation (weights are always loaded); give them small random values.
+    return _randomised(comfy.sd.CLIP(target=target), seed)
+
+
+def _randomised(clip, seed: int):
+    """ComfyUI's layers skip initialisation (weights are always loaded): small random values instead."""
     generator = torch.Generator().manual_seed(seed)
     state = clip.cond_stage_model.state_dict()
     clip.cond_stage_model.load_state_dict(
@@ -138,12 +141,42 @@ TINY_SDXL = {
 }
 
 
-def tiny_sdxl_patcher(seed: int = 0):
+def tiny_sdxl_patcher(seed: int = 0, for_tiny_clip: bool = False):
     """An SDXL-shaped ModelPatcher (SDXL's config class, ADM size conditioning, linear projections in the
-    transformers) with tiny widths and random weights, on the CPU."""
+    transformers) with tiny widths and random weights, on the CPU. With for_tiny_clip it takes
+    tiny_sdxl_clip()'s conditioning (128 context channels, 64-wide pooled output + SDXL's 6 x 256 size
+    embeddings); otherwise 64 channels and SDXL's 1280-wide pooled output (sdxl_conditioning())."""
     import comfy.supported_models
 
-    return _random_patcher(comfy.supported_models.SDXL, TINY_SDXL, seed)
+    sizes = {"context_dim": 128, "adm_in_channels": 64 + 6 * 256} if for_tiny_clip else {}
+    return _random_patcher(comfy.supported_models.SDXL, dict(TINY_SDXL, **sizes), seed)
+
+
+def tiny_sdxl_clip(seed: int = 0):
+    """A ComfyUI CLIP with SDXL's real tokenizers (CLIP-L and CLIP-G) and two tiny text encoders: 64 + 64
+    context channels and a 64-wide pooled output (see tiny_sdxl_patcher(for_tiny_clip=True))."""
+    import types as pytypes
+
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.sdxl_clip
+
+    class TinySDXLClipModel(comfy.sdxl_clip.SDXLClipModel):
+        # SDXLClipModel's encoding with its two encoders replaced by tiny ones of the same kinds.
+        def __init__(self, device="cpu", dtype=None, model_options={}):
+            torch.nn.Module.__init__(self)
+            self.clip_l = comfy.sd1_clip.SDClipModel(
+                layer="hidden", layer_idx=-2, device=device, dtype=dtype, layer_norm_hidden_state=False,
+                textmodel_json_config=dict(TINY_CLIP_TEXT, num_hidden_layers=3), model_options=model_options)
+            self.clip_g = comfy.sd1_clip.SDClipModel(
+                layer="hidden", layer_idx=-2, device=device, dtype=dtype, layer_norm_hidden_state=False,
+                textmodel_json_config=dict(TINY_CLIP_TEXT, num_hidden_layers=3, hidden_act="gelu"),
+                special_tokens={"start": 49406, "end": 49407, "pad": 0}, return_projected_pooled=True,
+                model_options={**model_options, "model_name": "clip_g"})
+            self.dtypes = {dtype}
+
+    target = pytypes.SimpleNamespace(params={}, clip=TinySDXLClipModel, tokenizer=comfy.sdxl_clip.SDXLTokenizer)
+    return _randomised(comfy.sd.CLIP(target=target), seed)
 
 
 def sdxl_conditioning(seed: int, context_dim: int = 64):

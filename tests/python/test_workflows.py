@@ -4,8 +4,8 @@ Validation: node types registered, links consistent in types and slots, widget v
 widget inputs (with the extra control value after seeds). Runs: the UI graph is converted to API form and
 executed node by node; loaders are replaced by tiny models (SD1.x UNet and CLIP from ComfyUI's classes,
 random weights; a pooling stand-in for the VAE), steps and image size are reduced, and the LoRA loader
-passes the model through (no LoRA file exists here). The SDXL graph is validated but not run: no tiny SDXL
-text encoder is built here yet.
+passes the model through (no LoRA file exists here). The SDXL graph runs on an SDXL-shaped UNet with SDXL's
+two real tokenizers and two tiny text encoders.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_env import PoolingVae, require_comfyui, tiny_clip, tiny_sd1_patcher
+from comfy_env import PoolingVae, require_comfyui, tiny_clip, tiny_sd1_patcher, tiny_sdxl_clip, tiny_sdxl_patcher
 from conftest import ROOT
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -127,7 +127,7 @@ def _run(api, registry, substitutes):
     return done, saved
 
 
-@pytest.mark.parametrize("path", [p for p in WORKFLOWS if "sdxl" not in p.stem], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_runs_end_to_end_on_tiny_models(registry, path):
     graph = json.loads(path.read_text())
     api = _to_api(graph, registry)
@@ -135,7 +135,9 @@ def test_workflow_runs_end_to_end_on_tiny_models(registry, path):
         for key, value in (("steps", 3), ("width", 128), ("height", 128)):
             if key in node["inputs"]:
                 node["inputs"][key] = value
-    model, clip, vae = tiny_sd1_patcher(), tiny_clip(), PoolingVae()
+    sdxl = "sdxl" in path.stem
+    model = tiny_sdxl_patcher(for_tiny_clip=True) if sdxl else tiny_sd1_patcher()
+    clip, vae = (tiny_sdxl_clip() if sdxl else tiny_clip()), PoolingVae()
     vae.decode = lambda samples: torch.nn.functional.interpolate(samples[:, :3], scale_factor=8).movedim(1, -1).sigmoid()
     substitutes = {
         "CheckpointLoaderSimple": lambda **_: (model, clip, vae),
