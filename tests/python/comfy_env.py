@@ -100,7 +100,7 @@ TINY_CLIP_TEXT = {
 }
 
 
-def tiny_clip(seed: int = 0):
+def tiny_clip(seed: int = 0, embedding_directory: str | None = None):
     """A ComfyUI CLIP with SD1.x's real tokenizer and a 2-layer, 64-wide text encoder (random weights);
     its 64-channel output matches the tiny UNet's context_dim."""
     import functools
@@ -112,7 +112,7 @@ def tiny_clip(seed: int = 0):
     model = functools.partial(comfy.sd1_clip.SD1ClipModel, clip_model=comfy.sd1_clip.SDClipModel,
                               textmodel_json_config=dict(TINY_CLIP_TEXT))
     target = pytypes.SimpleNamespace(params={}, clip=model, tokenizer=comfy.sd1_clip.SD1Tokenizer)
-    return _randomised(comfy.sd.CLIP(target=target), seed)
+    return _randomised(comfy.sd.CLIP(target=target, embedding_directory=embedding_directory), seed)
 
 
 def _randomised(clip, seed: int):

@@ -335,3 +335,17 @@ def test_subject_tokens_survive_comfyuis_conditioning_nodes(env):
     }
     for name, conditioning in chains.items():
         assert host.subject_of(conditioning)["indices"] == [5], name
+
+
+def test_a_textual_inversion_embedding_is_found_as_the_subject(env, tmp_path):
+    """'embedding:name' tokenizes to the embedding's vectors; they are matched as the subject's positions."""
+    from safetensors.torch import save_file
+
+    from comfy_env import tiny_clip
+
+    save_file({"emb_params": torch.randn(2, 768)}, str(tmp_path / "my_cat.safetensors"))  # 2 vectors, CLIP-L width
+    clip = tiny_clip(embedding_directory=str(tmp_path))
+    info = env.host.subject_tokens(clip, "a photo of embedding:my_cat on a sofa", "embedding:my_cat")
+    assert info["indices"] == [4, 5]  # <start> a photo of [v1 v2] on a sofa
+    with pytest.raises(ValueError, match="not in the prompt"):
+        env.host.subject_tokens(clip, "a photo of a cat on a sofa", "embedding:my_cat")
