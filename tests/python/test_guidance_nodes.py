@@ -335,6 +335,11 @@ def test_subject_tokens_survive_comfyuis_conditioning_nodes(env):
     }
     for name, conditioning in chains.items():
         assert host.subject_of(conditioning)["indices"] == [5], name
+    # Concat keeps the dict of its first input only: with the subject prompt appended, the positions are not
+    # carried and the sampler says so, instead of guiding the wrong tokens.
+    appended = comfy_nodes.ConditioningConcat().concat(other, positive)[0]
+    with pytest.raises(ValueError, match="carries no Pick-and-Draw subject"):
+        host.subject_of(appended)
 
 
 def test_a_textual_inversion_embedding_is_found_as_the_subject(env, tmp_path):
