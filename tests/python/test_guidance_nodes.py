@@ -354,3 +354,26 @@ def test_a_textual_inversion_embedding_is_found_as_the_subject(env, tmp_path):
     assert info["indices"] == [4, 5]  # <start> a photo of [v1 v2] on a sofa
     with pytest.raises(ValueError, match="not in the prompt"):
         env.host.subject_tokens(clip, "a photo of a cat on a sofa", "embedding:my_cat")
+
+
+def test_guided_sampling_with_weights_cast_per_layer_as_in_lowvram(ops, env):
+    """In lowvram/partial loading ComfyUI keeps weights offloaded and casts them in each layer's forward
+    (comfy_cast_weights). On this CPU-only machine nothing is offloaded, but the per-layer cast path itself is
+    forced here, inside inference mode, for the template and the guided run."""
+    import nodes as comfy_nodes
+
+    host, clip = env.host, env.clip
+    positive, negative = _prompts(host, clip)
+    latent = {"samples": torch.zeros(1, 4, 16, 16)}
+    with torch.inference_mode():
+        patcher = tiny_sd1_patcher()
+        cast = [m for m in patcher.model.diffusion_model.modules() if hasattr(m, "comfy_cast_weights")]
+        assert cast
+        for m in cast:
+            m.comfy_cast_weights = True
+        template, _, _ = host.draw_layout_template(patcher, 3, 3, 7.5, "euler", "normal", positive, negative, latent)
+        out, log = host.guided_sample(patcher, 3, 3, 7.5, "euler", "normal", positive, negative, latent, 1.0, None,
+                                      template, {"layout_end": 1.0}, 0.0)
+        (plain,) = comfy_nodes.common_ksampler(patcher, 3, 3, 7.5, "euler", "normal", positive, negative, latent)
+    assert len(log) == 3
+    torch.testing.assert_close(out["samples"], plain["samples"], rtol=1e-4, atol=1e-4)
