@@ -335,6 +335,22 @@ def test_subject_tokens_survive_comfyuis_conditioning_nodes(env):
     }
     for name, conditioning in chains.items():
         assert host.subject_of(conditioning)["indices"] == [5], name
+    # ControlNet apply: the graph's own node, with a stand-in for the ControlNet object (no ControlNet weights
+    # here); it copies each entry's dict and adds the control to it.
+    class StandInControlNet:
+        def copy(self):
+            return StandInControlNet()
+
+        def set_cond_hint(self, *args, **kwargs):
+            return self
+
+        def set_previous_controlnet(self, previous):
+            return self
+
+    controlled, _ = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
+        positive, other, StandInControlNet(), torch.zeros(1, 64, 64, 3), 1.0, 0.0, 1.0)
+    assert isinstance(controlled[0][1]["control"], StandInControlNet)
+    assert host.subject_of(controlled)["indices"] == [5]
     # Concat keeps the dict of its first input only: with the subject prompt appended, the positions are not
     # carried and the sampler says so, instead of guiding the wrong tokens.
     appended = comfy_nodes.ConditioningConcat().concat(other, positive)[0]
