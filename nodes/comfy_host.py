@@ -268,7 +268,8 @@ def subject_tokens(clip, text: str, subject: str) -> dict:
     alone = clip.tokenize(subject)
     key = "l" if "l" in prompt else next(iter(prompt))
     chunk = alone[key][0]
-    end = next(i for i in range(1, len(chunk)) if not isinstance(chunk[i][0], torch.Tensor) and chunk[i][0] == chunk[-1][0])
+    end = next((i for i in range(1, len(chunk)) if not isinstance(chunk[i][0], torch.Tensor) and chunk[i][0] == chunk[-1][0]),
+               len(chunk))
     wanted = [t[0] for t in chunk[1:end]]  # without the start token and from the end/padding token on
     flat = [t[0] for c in prompt[key] for t in c]
     indices = []
