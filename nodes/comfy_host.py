@@ -153,14 +153,24 @@ def _check_attention_backend() -> None:
 class GuidanceRun:
     """State of one guided sampling run: the step log and the gradient handed from the model call to CFG."""
 
-    def __init__(self, engine, recorder, palette, layout_template, strength: float):
-        self.engine = engine
-        self.recorder = recorder
-        self.palette = palette
-        self.layout_template = layout_template
+    def __init__(self, strength: float):
         self.strength = float(strength)
         self.gradient = None
         self.log: list[dict] = []
+
+
+def _store_on(store, device):
+    """The store with its entries on the sampling device as ordinary tensors, copied once before sampling:
+    a store read from a file sits on the CPU, and one filled under inference mode holds inference tensors;
+    left as they are, every guided step would copy (and clone) them again."""
+    if store is None:
+        return None
+    with torch.inference_mode(False):
+        moved = type(store)(store.metadata)
+        for (sigma_index, layer), tensor in store.entries().items():
+            ready = tensor.device == torch.device(device) and not tensor.is_inference()
+            moved.set(sigma_index, layer, tensor if ready else tensor.to(device, copy=True))
+    return moved
 
 
 def guide_model(model_patcher, engine, palette, layout_template, strength: float):
@@ -174,7 +184,9 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
     _check_attention_backend()
     table = layer_table(model_patcher)
     recorder = ops.AttentionRecorder(engine.recorder_layers(), list(engine.config.token_indices))
-    run = GuidanceRun(engine, recorder, palette, layout_template, strength)
+    run = GuidanceRun(strength)
+    palette = _store_on(palette, model_patcher.load_device)
+    layout_template = _store_on(layout_template, model_patcher.load_device)
     patched = attach_recorder(model_patcher, recorder, table)
 
     def calc_cond_batch(args):
@@ -368,9 +380,9 @@ def check_template_matches(layout_template, facts: dict) -> None:
 
 
 def _recording_setup(model_patcher, positive, **config_fields):
-    """(family, subject, config, engine) for a capture pass of this MODEL and prompt."""
+    """(family, subject, config, engine) for a capture pass of this MODEL and prompt (the callers pass the
+    layers, read from layer_table, which refuses unsupported models before anything runs)."""
     family = model_family(model_patcher)
-    layer_table(model_patcher)  # refuses unsupported layouts before anything runs
     subject = subject_of(positive)
     config = ops.GuidanceConfig()
     config.token_indices = list(subject["indices"])
