@@ -151,12 +151,22 @@ def _check_attention_backend() -> None:
 
 
 class GuidanceRun:
-    """State of one guided sampling run: the step log and the gradient handed from the model call to CFG."""
+    """State of one guided sampling run: the step log and the gradient handed from the model call to CFG.
 
-    def __init__(self, strength: float):
+    The log's values stay tensors on the sampling device while sampling (reading them would wait for the
+    GPU every step); `log` turns them into numbers when it is read."""
+
+    def __init__(self, strength: float, batched: bool):
         self.strength = float(strength)
+        self.batched = batched
         self.gradient = None
-        self.log: list[dict] = []
+        self.last_guided_step = None
+        self._log: list[dict] = []
+
+    @property
+    def log(self) -> list[dict]:
+        return [{key: float(value) if isinstance(value, torch.Tensor) else value for key, value in entry.items()}
+                for entry in self._log]
 
 
 def _store_on(store, device):
@@ -173,18 +183,42 @@ def _store_on(store, device):
     return moved
 
 
-def guide_model(model_patcher, engine, palette, layout_template, strength: float):
+_split_pass_logged = False
+
+
+def _batch_guided_pass(requested: bool | None) -> bool:
+    """Whether a guided step runs the conditional and unconditional rows in one forward pass with gradients.
+
+    One pass launches half the kernels (a UNet step is launch-bound at SD1.5 sizes) but keeps the
+    unconditional rows' activations for the backward too; the split pass (conditional rows with gradients,
+    unconditional rows without) keeps half the activations. Low-VRAM modes get the split pass."""
+    global _split_pass_logged
+    if requested is not None:
+        return requested
+    import comfy.model_management as mm
+
+    batched = mm.vram_state not in (mm.VRAMState.LOW_VRAM, mm.VRAMState.NO_VRAM)
+    if not batched and not _split_pass_logged:
+        logger.info("Pick-and-Draw: ComfyUI runs in a low-VRAM mode, so guided steps run the conditional rows "
+                    "with gradients and the unconditional rows separately (less memory, slower)")
+        _split_pass_logged = True
+    return batched
+
+
+def guide_model(model_patcher, engine, palette, layout_template, strength: float, batched: bool | None = None):
     """A clone of the MODEL that applies Pick-and-Draw guidance while it samples, and its run state.
 
-    On a guided step the conditional rows run once with gradients (recording maps and features), the
-    energy's gradient to the latent is taken, and that same output, detached, is the conditional
-    prediction for ComfyUI's own CFG; the unconditional rows run without gradients. After CFG the
-    denoised estimate moves by -strength * sigma^2 * gradient (self-guidance in k-diffusion's sigma space).
+    On a guided step the model runs with gradients (recording maps and features of the conditional rows
+    only), the energy's gradient to the latent is taken, and the same outputs, detached, are the predictions
+    for ComfyUI's own CFG. After CFG the denoised estimate moves by -strength * sigma^2 * gradient
+    (self-guidance in k-diffusion's sigma space). batched: conditional and unconditional rows in one pass
+    with gradients (True), the unconditional rows apart without gradients (False), or chosen from ComfyUI's
+    VRAM mode (None).
     """
     _check_attention_backend()
     table = layer_table(model_patcher)
     recorder = ops.AttentionRecorder(engine.recorder_layers(), list(engine.config.token_indices))
-    run = GuidanceRun(strength)
+    run = GuidanceRun(strength, _batch_guided_pass(batched))
     palette = _store_on(palette, model_patcher.load_device)
     layout_template = _store_on(layout_template, model_patcher.load_device)
     patched = attach_recorder(model_patcher, recorder, table)
@@ -196,24 +230,30 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
         if not engine.any_active(step, steps):
             return comfy.samplers.calc_cond_batch(model, conds, x, sigma, options)
         with torch.inference_mode(False), torch.enable_grad():
-            _make_weights_differentiable(model)
+            # ComfyUI loads and patches (LoRA) weights when a sampling run starts, not between its steps
+            if run.last_guided_step is None or step <= run.last_guided_step:
+                _make_weights_differentiable(model)
+            run.last_guided_step = step
             x_in = x.detach().clone().requires_grad_(True)
             recorder.clear()
-            cond_out = comfy.samplers.calc_cond_batch(model, [conds[0]], x_in, sigma.detach().clone(), options)[0]
+            with_gradients = conds if run.batched else conds[:1]
+            outs = comfy.samplers.calc_cond_batch(model, with_gradients, x_in, sigma.detach().clone(), options)
             loss = engine.step_loss(recorder, palette, layout_template, float(sigma.flatten()[0]), step, steps)
             total = loss.total.sum()
             gradient = torch.autograd.grad(total, x_in)[0] if total.requires_grad else torch.zeros_like(x_in)
             recorder.clear()
+            outs = [out.detach() if out is not None else None for out in outs]
         run.gradient = gradient.detach()
-        run.log.append({
-            "step": step, "sigma": float(sigma.flatten()[0]), "total": float(total),
-            "appearance": float(loss.appearance.sum()) if loss.appearance_on else None,
-            "layout": float(loss.layout.sum()) if loss.layout_on else None,
+        run._log.append({
+            "step": step, "sigma": float(sigma.flatten()[0]), "total": total.detach(),
+            "appearance": loss.appearance.detach().sum() if loss.appearance_on else None,
+            "layout": loss.layout.detach().sum() if loss.layout_on else None,
             "mask_pixels": dict(loss.mask_pixels), "palette_sigma_index": loss.palette_sigma_index,
         })
-        with torch.no_grad():
-            uncond_out = comfy.samplers.calc_cond_batch(model, [conds[1]], x, sigma, options)[0]
-        return [cond_out.detach(), uncond_out]
+        if not run.batched:
+            with torch.no_grad():
+                outs = outs + comfy.samplers.calc_cond_batch(model, conds[1:], x, sigma, options)
+        return outs
 
     def post_cfg(args):
         denoised = args["denoised"]
