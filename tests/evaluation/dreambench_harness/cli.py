@@ -73,6 +73,8 @@ def parser() -> argparse.ArgumentParser:
 
 def _resolve(args) -> None:
     """Defaults that depend on the mode, and the checks argparse cannot make."""
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
     defaults = TINY_DEFAULTS if args.tiny_random_models else REAL_DEFAULTS
     args.size = args.size or defaults["size"]
     args.steps = args.steps or defaults["steps"]

@@ -72,8 +72,6 @@ class ModelSource:
             return
         import comfy.sd
 
-        if not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist")
         self.embedding_folders = sorted({str(p.path.parent) for p in personalisations.values() if p.kind == "embedding"})
         self.model, self.clip, self.vae, *_ = comfy.sd.load_checkpoint_guess_config(
             checkpoint, output_vae=True, output_clip=True, embedding_directory=self.embedding_folders or None)

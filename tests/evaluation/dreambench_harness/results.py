@@ -144,15 +144,26 @@ def merge(out: Path, jobs: list[Job]) -> list[dict]:
     return rows
 
 
+def _leaves(settings: dict, prefix: str = "") -> dict:
+    """{"sampling.steps": 20, ...}: nested settings flattened, so that a difference names the one setting."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            flat.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def check_settings(out: Path, settings: dict, write: bool) -> None:
     """A resumed run must generate as the first did: otherwise its images would mix two experiments. The job list
     (subjects, prompts, seeds, strengths) may change; what makes an image may not."""
     path = out / SETTINGS_FILE
     settings = json.loads(json.dumps(settings))  # as it reads back: tuples become lists
     if path.is_file():
-        recorded = json.loads(path.read_text())
-        differ = [f"{key}: {recorded.get(key)!r} then, {settings.get(key)!r} now"
-                  for key in sorted(set(recorded) | set(settings)) if recorded.get(key) != settings.get(key)]
+        recorded, current = _leaves(json.loads(path.read_text())), _leaves(settings)
+        differ = [f"{key} {recorded.get(key)!r} then, {current.get(key)!r} now"
+                  for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
         if differ:
             raise ValueError(f"--out {out} holds images generated with other settings ({'; '.join(differ)}): "
                              "use another --out folder, or the settings of the first run to resume it")
