@@ -249,6 +249,7 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
             "appearance": loss.appearance.detach().sum() if loss.appearance_on else None,
             "layout": loss.layout.detach().sum() if loss.layout_on else None,
             "mask_pixels": dict(loss.mask_pixels), "palette_sigma_index": loss.palette_sigma_index,
+            "gradient_rms": run.gradient.float().pow(2).mean().sqrt(),  # sizes the strength (see the evidence report)
         })
         if not run.batched:
             with torch.no_grad():
@@ -384,18 +385,19 @@ def _guidance_engine(model_patcher, positive, palette, layout_template, weights:
 
 
 def guided_sample(model_patcher, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise,
-                  palette, layout_template, weights: dict, strength: float):
+                  palette, layout_template, weights: dict, strength: float, batched: bool | None = None):
     """ComfyUI's KSampler (same noise, schedule, preview and progress) with Pick-and-Draw guidance.
 
     weights: appearance_weight, layout_weight, appearance_start/end, layout_start/end, tau (the engine's
-    config fields). A term whose store is not connected is off. Returns (latent dict, run log).
+    config fields). A term whose store is not connected is off. batched: see guide_model. Returns (latent
+    dict, run log).
     """
     import nodes as comfy_nodes  # ComfyUI's nodes.py: common_ksampler is its KSampler
 
     if layout_template is not None:
         check_template_matches(layout_template, _run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent["samples"]))
     engine = _guidance_engine(model_patcher, positive, palette, layout_template, weights)
-    guided, run = guide_model(model_patcher, engine, palette, layout_template, strength)
+    guided, run = guide_model(model_patcher, engine, palette, layout_template, strength, batched)
     (out,) = comfy_nodes.common_ksampler(guided, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
                                          denoise=denoise)
     return out, run.log

@@ -44,6 +44,22 @@ def require_comfyui():
     return importlib.import_module(f"{PACK_NAME}.nodes.comfy_host")
 
 
+def host_for_script():
+    """The pack's host adapter for a command-line script (benchmarks, reports), with ComfyUI's console
+    progress bars off; None after printing why when ComfyUI cannot be found or imported."""
+    import sys as _sys
+
+    try:
+        host = require_comfyui()
+    except BaseException as exc:  # pytest.skip raises an exception of its own
+        print(f"ComfyUI is needed: {exc}", file=_sys.stderr)
+        return None
+    import comfy.utils
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    return host
+
+
 TINY_SD1 = {
     "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
     "adm_in_channels": None, "use_temporal_resblock": False, "use_temporal_attention": False,
@@ -53,18 +69,52 @@ TINY_SD1 = {
 }
 
 
-def _random_patcher(config_class, unet_config: dict, seed: int):
-    """A ModelPatcher of ComfyUI's config class with the given UNet config and random weights, on the CPU.
-    (ComfyUI's layers skip initialisation, as weights are always loaded: random values are set here.)"""
+# Full-size UNet configs as ComfyUI's model detection produces them for SD1.5 and SDXL checkpoints
+# (859.5 M and 2.57 G parameters): for benchmarks and reports on a GPU, with random weights.
+SD15_FULL = {
+    "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": None, "use_temporal_resblock": False, "use_temporal_attention": False,
+    "in_channels": 4, "out_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
+    "channel_mult": [1, 2, 4, 4], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
+}
+SDXL_FULL = {
+    "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": 2816, "num_classes": "sequential", "use_temporal_resblock": False,
+    "use_temporal_attention": False, "in_channels": 4, "out_channels": 4, "model_channels": 320,
+    "num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4], "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "transformer_depth_middle": 10,
+    "use_linear_in_transformer": True, "context_dim": 2048, "num_head_channels": 64,
+}
+
+
+def _random_patcher(config_class, unet_config: dict, seed: int, device="cpu", dtype=torch.float32, std=0.05):
+    """A ModelPatcher of ComfyUI's config class with the given UNet config and random weights (drawn on
+    `device`, kept there). ComfyUI's layers skip initialisation, as weights are always loaded: random
+    values are set here."""
     import comfy.model_patcher
 
+    device = torch.device(device)
     config = config_class(dict(unet_config))
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    generator = torch.Generator().manual_seed(seed)
-    state = {k: torch.randn(v.shape, generator=generator) * 0.05 for k, v in model.diffusion_model.state_dict().items()}
-    model.diffusion_model.load_state_dict(state)
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    config.set_inference_dtype(dtype, None)
+    model = config.get_model({}, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for tensor in model.diffusion_model.state_dict().values():
+            tensor.copy_(torch.randn(tensor.shape, generator=generator, device=device) * std)
+    model.diffusion_model.to(device)
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+
+
+def full_size_patcher(family: str, device, dtype=torch.float16, seed: int = 0):
+    """An SD1.5- or SDXL-shaped ModelPatcher at full size with random weights (std 0.02; the benchmark and
+    the report check that outputs stay finite), on `device`: weights do not change speed or memory."""
+    import comfy.supported_models
+
+    config_class, unet_config = {"sd1": (comfy.supported_models.SD15, SD15_FULL),
+                                 "sdxl": (comfy.supported_models.SDXL, SDXL_FULL)}[family]
+    return _random_patcher(config_class, unet_config, seed, device=device, dtype=dtype, std=0.02)
 
 
 def tiny_sd1_patcher(seed: int = 0):
@@ -190,3 +240,29 @@ def sdxl_conditioning(seed: int, context_dim: int = 64):
     generator = torch.Generator().manual_seed(seed)
     return [[torch.randn(1, 77, context_dim, generator=generator),
              {"pooled_output": torch.randn(1, 1280, generator=generator), "width": 128, "height": 128}]]
+
+
+def subject_conditioning(family: str, seed: int, context_dim: int, indices=(2, 3)):
+    """(positive, negative) conditionings of random prompt embeddings for a family's UNet, the positive one
+    carrying a subject at token positions `indices`, as 'Subject Prompt (Pick-and-Draw)' makes it."""
+    import importlib
+
+    host = importlib.import_module(f"{PACK_NAME}.nodes.comfy_host")
+    make = sdxl_conditioning if family == "sdxl" else conditioning
+    subject = {"subject": "subject", "prompt": "a photo of a subject", "indices": list(indices)}
+    positive = host.with_subject(make(seed, context_dim=context_dim), subject)
+    return positive, make(seed + 1, context_dim=context_dim)
+
+
+def guidance_stores(patcher, positive, negative, seed: int, steps: int, cfg: float, latent_size: int,
+                    reference_seed: int = 101):
+    """(palette, layout template) made by the pack's own capture passes: the template from the vanilla run
+    of `seed`, the palette from the inversion of a random reference image, both with this MODEL."""
+    import importlib
+
+    host = importlib.import_module(f"{PACK_NAME}.nodes.comfy_host")
+    latent = {"samples": torch.zeros(1, 4, latent_size, latent_size)}
+    template, _, _ = host.draw_layout_template(patcher, seed, steps, cfg, "euler", "normal", positive, negative, latent)
+    reference = torch.rand(1, latent_size * 8, latent_size * 8, 3, generator=torch.Generator().manual_seed(reference_seed))
+    palette, _, _ = host.pick_palette(patcher, PoolingVae(), reference, positive, steps, "normal")
+    return palette, template
