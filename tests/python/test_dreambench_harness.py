@@ -275,8 +275,9 @@ def test_strengths_are_required_with_a_checkpoint(bench_folder, tmp_path):
 # ---------------------------------------------------------------------------------------------- runs on tiny models
 
 # 2 subjects (one object, one live) x 1 prompt x 1 seed x 2 strengths = 4 images in 2 template groups.
+# On the CPU everywhere, so that runs compare bitwise-close on GPU machines too (and 2 ranks need no 2 GPUs).
 RUN = ["--tiny-random-models", "--subjects", "backpack,dog", "--prompts", "1", "--seeds", "1", "--strengths", "1e4",
-       "--size", "64", "--steps", "2"]
+       "--size", "64", "--steps", "2", "--cpu"]
 IMAGES, GROUPS = 4, 2
 
 

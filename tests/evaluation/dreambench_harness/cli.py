@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -39,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
                        "the metric encoders' architectures, all with random weights; no downloads, meaningless scores")
     p.add_argument("--personalisation", help="JSON mapping subjects to a LoRA, DreamBooth checkpoint or Textual-Inversion "
                    "embedding and its identifier (see personalisation.py); other subjects use the class noun")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is present")
     p.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH, or the ComfyUI this pack is installed in)")
     p.add_argument("--subjects", help="comma-separated subject names (default: all 30)")
     p.add_argument("--prompts", help="comma-separated prompt indices, 0-24, into each subject's list (default: all 25)")
@@ -91,13 +93,14 @@ def _resolve(args) -> None:
     args.strength_list = sorted(set(strengths) | {0.0})
     if args.seeds < 1:
         raise ValueError(f"--seeds {args.seeds}: give at least 1")
+    args.live_class_list = _numbers(args.live_classes, str, "--live-classes")
 
 
-def build_jobs(bench: dataset.DreamBench, subjects, prompt_indices: list[int] | None, seeds: int,
+def build_jobs(bench: dataset.DreamBench, prompt_indices: list[int] | None, seeds: int,
                strengths: list[float]) -> list[results.Job]:
     """Every image of the run, ordered subject, prompt, seed, strength (a group's strengths together)."""
     jobs = []
-    for subject in subjects:
+    for subject in bench.subjects:
         count = len(bench.prompts_for(subject))
         indices = range(count) if prompt_indices is None else prompt_indices
         bad = [i for i in indices if not 0 <= i < count]
@@ -114,13 +117,10 @@ def groups_of(jobs: list[results.Job]) -> list[list[results.Job]]:
     return list(groups.values())
 
 
-def _row(bench, job: results.Job, identifier: str, scores: dict) -> dict:
-    subject = bench.subject(job.subject)
-    template = bench.prompts_for(subject)[job.prompt_index]
-    return {"subject": job.subject, "class": subject.class_noun, "prompt_index": job.prompt_index,
-            "prompt": dataset.format_prompt(template, identifier, subject.class_noun),
-            "clip_t_prompt": dataset.format_prompt(template, "", subject.class_noun), "seed": job.seed,
-            "strength": repr(job.strength), "image": job.image_path(), **{k: f"{v:.6f}" for k, v in scores.items()}}
+def _row(job: results.Job, subject: dataset.Subject, prompt: str, clip_t_prompt: str, scores: dict) -> dict:
+    return {"subject": job.subject, "class": subject.class_noun, "prompt_index": job.prompt_index, "prompt": prompt,
+            "clip_t_prompt": clip_t_prompt, "seed": job.seed, "strength": repr(job.strength), "image": job.image_path(),
+            **{k: f"{v:.6f}" for k, v in scores.items()}}
 
 
 def finish(out: Path, jobs: list[results.Job], title: str) -> list[dict]:
@@ -146,14 +146,13 @@ def run(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     _resolve(args)
     shard = sharding.shard_from_environment()
-    bench = dataset.read_dreambench(args.dataset, tuple(_numbers(args.live_classes, str, "--live-classes")),
+    bench = dataset.read_dreambench(args.dataset, tuple(args.live_class_list),
                                     _numbers(args.subjects, str, "--subjects") if args.subjects else None)
-    subjects = bench.subjects
     prompt_indices = _numbers(args.prompts, int, "--prompts") if args.prompts else None
-    jobs = build_jobs(bench, subjects, prompt_indices, args.seeds, args.strength_list)
+    jobs = build_jobs(bench, prompt_indices, args.seeds, args.strength_list)
     out = Path(args.out)
     model_name = "tiny random models" if args.tiny_random_models else Path(args.checkpoint).name
-    title = f"Pick-and-Draw on DreamBench: {model_name}, {len(subjects)} subjects, {args.steps} steps, cfg {args.cfg:g}"
+    title = f"Pick-and-Draw on DreamBench: {model_name}, {len(bench.subjects)} subjects, {args.steps} steps, cfg {args.cfg:g}"
     report = {"rank": shard.rank, "world_size": shard.world_size, "jobs": 0, "finished_before": 0, "generated": 0, "rows": []}
     if args.merge_only:
         if shard.rank == 0:
@@ -162,7 +161,7 @@ def run(argv: list[str] | None = None) -> dict:
 
     from .personalisation import read_personalisation
 
-    personalisations = read_personalisation(args.personalisation, [s.name for s in subjects])
+    personalisations = read_personalisation(args.personalisation, [s.name for s in bench.subjects])
     group = sharding.ProcessGroup(shard, timedelta(hours=args.barrier_timeout_hours))
     try:
         report.update(_generate_share(args, shard, bench, jobs, personalisations, out))
@@ -184,7 +183,7 @@ def _generate_share(args, shard, bench, jobs, personalisations, out: Path) -> di
     from .metrics import DreamBenchScorer
     from .models import ModelSource, import_comfyui
 
-    device = shard.device
+    device = shard.device(args.cpu)
     host = import_comfyui(args.comfyui, device)
     if args.tiny_random_models:
         encoders = encoders_module.random_encoders(device, str(encoders_module.comfyui_clip_tokenizer_folder()))
@@ -195,7 +194,7 @@ def _generate_share(args, shard, bench, jobs, personalisations, out: Path) -> di
                                 args.appearance_end, args.layout_end)
     recorded = {"model": "tiny-random-models" if args.tiny_random_models else str(Path(args.checkpoint).resolve()),
                 "personalisation": {name: p.describe() for name, p in sorted(personalisations.items())},
-                "sampling": settings.as_dict(), "live_classes": sorted(_numbers(args.live_classes, str, "--live-classes")),
+                "sampling": settings.as_dict(), "live_classes": sorted(args.live_class_list),
                 "encoders": encoders.description}
     results.check_settings(out, recorded, write=shard.rank == 0)
 
@@ -213,15 +212,18 @@ def _generate_share(args, shard, bench, jobs, personalisations, out: Path) -> di
             template = bench.prompts_for(subject)[job.prompt_index]
             pixels = generator.image(subject, template, job)
             results.write_image_atomically(pixels, out / job.image_path())
-            scores = scorer.score(Image.fromarray(pixels), subject, dataset.format_prompt(template, "", subject.class_noun))
             identifier = generator.models.for_subject(subject.name).identifier
-            log.append(_row(bench, job, identifier, scores))
+            prompt, clip_t_prompt = (dataset.format_prompt(template, name, subject.class_noun) for name in (identifier, ""))
+            log.append(_row(job, subject, prompt, clip_t_prompt, scorer.score(Image.fromarray(pixels), subject, clip_t_prompt)))
     finally:
         log.close()
     return {"jobs": len(mine), "finished_before": len(mine) - len(pending), "generated": len(pending)}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--cpu" in argv:  # the command's own process: hide the GPUs before anything asks CUDA, so ComfyUI takes the CPU too
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     try:
         run(argv)
     except (ValueError, FileNotFoundError, EncoderMissing) as exc:

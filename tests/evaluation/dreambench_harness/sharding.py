@@ -23,10 +23,14 @@ class Shard:
     world_size: int
     local_rank: int
 
-    @property
-    def device(self) -> torch.device:
-        """cuda:LOCAL_RANK where there is CUDA, the CPU otherwise."""
-        return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    def device(self, cpu: bool = False) -> torch.device:
+        """cuda:LOCAL_RANK where there is CUDA (unless cpu), the CPU otherwise."""
+        if cpu or not torch.cuda.is_available():
+            return torch.device("cpu")
+        if self.local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK {self.local_rank}, but this machine has {torch.cuda.device_count()} GPU(s): start "
+                             "torchrun with --nproc_per_node at most the number of GPUs (or pass --cpu)")
+        return torch.device("cuda", self.local_rank)
 
 
 def shard_from_environment() -> Shard:
