@@ -83,7 +83,8 @@ def bench_case(host, comfy_env, family, side, variants, cap_gib, args, device) -
             "memory_cap_gib": cap_gib, "unet_params_M": round(sum(p.numel() for p in patcher.model.diffusion_model.parameters()) / 1e6, 1)}
     if cap_gib is not None and device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.set_per_process_memory_fraction(cap_gib * GIB / torch.cuda.get_device_properties(device).total_memory, device)
+        torch.cuda.set_per_process_memory_fraction(cap_gib * GIB / torch.cuda.get_device_properties(device).total_memory,
+                                                   device.index or 0)
     try:
         palette, template = comfy_env.guidance_stores(patcher, positive, negative, args.seed, args.steps, args.cfg, side)
 
@@ -112,7 +113,7 @@ def bench_case(host, comfy_env, family, side, variants, cap_gib, args, device) -
                 torch.cuda.empty_cache()
     finally:
         if cap_gib is not None and device.type == "cuda":
-            torch.cuda.set_per_process_memory_fraction(1.0, device)
+            torch.cuda.set_per_process_memory_fraction(1.0, device.index or 0)
     base = runs["plain"]
     for name, result in runs.items():
         if "seconds" in result:
@@ -121,10 +122,33 @@ def bench_case(host, comfy_env, family, side, variants, cap_gib, args, device) -
             if result["peak_gib"] is not None:
                 result["memory_ratio"] = result["peak_gib"] / base["peak_gib"]
     case["runs"] = runs
+    if args.profile and not getattr(args, "profiled", False):
+        args.profiled = True
+        profile_guided_steps(device, lambda: host.guided_sample(
+            patcher, args.seed, 3, args.cfg, "euler", "normal", positive, negative, latent, 1.0, palette, None,
+            {"appearance_end": 1.0}, args.strength), lambda: plain(3), args.profile)
     del patcher
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return case
+
+
+def profile_guided_steps(device, guided_run, plain_run, path: str) -> None:
+    """Op tables (self CPU time, self device time) of 3 guided and 3 plain steps, to see where a guided step's
+    time goes beyond the plain step's."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    tables = []
+    for label, run in (("guided (palette, 3 steps)", guided_run), ("plain (3 steps)", plain_run)):
+        with profile(activities=activities) as prof:
+            run()
+            synchronize(device)
+        averages = prof.key_averages()
+        tables.append(f"== {label}: by self CPU time\n" + averages.table(sort_by="self_cpu_time_total", row_limit=30))
+        if device.type == "cuda":
+            tables.append(f"== {label}: by self device time\n" + averages.table(sort_by="self_device_time_total", row_limit=30))
+    Path(path).write_text("\n\n".join(tables))
 
 
 def print_case(case: dict) -> None:
@@ -151,6 +175,8 @@ def main(argv=None) -> int:
     parser.add_argument("--strength", type=float, default=1.0)
     parser.add_argument("--cases", default=None,
                         help="comma-separated family:latent side (e.g. sd1:64,sdxl:128); default: all of them")
+    parser.add_argument("--variants", help="comma-separated guided configurations to run (default: each case's list)")
+    parser.add_argument("--profile", help="profile 3 steps of guided_all on the first case; write op tables here")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
@@ -174,6 +200,8 @@ def main(argv=None) -> int:
               "strength": args.strength, "cases": []}
     print(f"device: {report['device']}, torch {report['torch']}")
     for family, side, variants, cap in cases:
+        if args.variants:
+            variants = [v for v in args.variants.split(",") if v in variants]
         case = bench_case(host, comfy_env, family, side, variants, cap, args, device)
         report["cases"].append(case)
         print_case(case)

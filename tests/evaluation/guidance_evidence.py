@@ -12,9 +12,10 @@ As in the method's use, the layout template is the vanilla run of one prompt (th
 guided run samples another prompt (the personalised one) with the same seed and schedule; the palette
 comes from inverting a reference image. A random model's energy gradients have no natural scale, and the
 two terms' scales differ by orders of magnitude, so for each seed the unguided runs (strength 0) give the
-baseline and each term's step-0 gradient, and each term's weight is set so that at strength 1 it moves the
-step-0 denoised estimate by an RMS of one latent unit (weight = 1 / (sigma_0^2 * rms(gradient_0))). Each
-strength of the sweep runs with both terms, appearance only and layout only.
+baseline and each term's step-0 gradient; the weights (at most 1) equalise the two gradients, and the
+strength is swept in units that move the step-0 denoised estimate by an RMS of one latent unit per term
+(unit = 1 / (sigma_0^2 * rms of the weighted step-0 gradient)). Each strength of the sweep runs with both
+terms, appearance only and layout only.
 The final step's energies (UREMD to the palette, layout loss to the template) are read from the guided
 run's own log. Claims checked (and printed PASS/FAIL):
   1. the template's own run (template prompt, same seed, strength 0) reproduces its layout: loss < 1e-5;
@@ -43,14 +44,14 @@ MODES = {  # mode -> (appearance term on, layout term on)
 }
 
 
-def build_model(comfy_env, model: str, device):
+def build_model(comfy_env, model: str, device, dtype):
     """(patcher, family, latent side, context_dim) for --model."""
     if model == "sd1-tiny":
         return comfy_env.sharpen_cross_attention(comfy_env.tiny_sd1_patcher()), "sd1", 16, 64
     if model == "sdxl-tiny":
         return comfy_env.sharpen_cross_attention(comfy_env.tiny_sdxl_patcher()), "sdxl", 16, 64
     if model == "sd1-full":
-        patcher = comfy_env.full_size_patcher("sd1", device, torch.float16 if device.type == "cuda" else torch.float32)
+        patcher = comfy_env.full_size_patcher("sd1", device, dtype)
         return comfy_env.sharpen_cross_attention(patcher, 5.0), "sd1", 64, 768
     raise ValueError(f"--model {model!r}: choose sd1-tiny, sdxl-tiny or sd1-full")
 
@@ -86,15 +87,21 @@ def run_seed(host, comfy_env, patcher, family, side, context_dim, seed, args) ->
     baseline_log = guided(positive_run, "appearance_only", 0.0)
     layout_log = guided(positive_run, "layout_only", 0.0)
     sigma_0 = baseline_log[0]["sigma"]
-    balance = (1.0 / (sigma_0**2 * baseline_log[0]["gradient_rms"]), 1.0 / (sigma_0**2 * layout_log[0]["gradient_rms"]))
+    # Weights of at most 1 (a large weight overflows a float16 model's loss) that equalise the terms'
+    # step-0 gradients; the strength then carries the scale, applied to the gradient in float32.
+    rms = (baseline_log[0]["gradient_rms"], layout_log[0]["gradient_rms"])
+    common = min(rms)
+    balance = (common / rms[0], common / rms[1])
+    unit = 1.0 / (sigma_0**2 * common)
     sweep = {mode: [] for mode in MODES}
     for multiplier in args.multipliers:
         for mode in MODES:
-            energies = final_energies(baseline_log if multiplier == 0 else guided(positive_run, mode, multiplier, balance))
+            energies = final_energies(baseline_log if multiplier == 0 else guided(positive_run, mode, multiplier * unit, balance))
             sweep[mode].append({"multiplier": multiplier, **energies})
         print(f"  seed {seed} x{multiplier:g}: " + ", ".join(
             f"{mode} A={sweep[mode][-1]['appearance']:.5g} L={sweep[mode][-1]['layout']:.5g}" for mode in MODES), flush=True)
-    return {"seed": seed, "weights": {"appearance": balance[0], "layout": balance[1]}, "template_own_layout": own["layout"],
+    return {"seed": seed, "weights": {"appearance": balance[0], "layout": balance[1]}, "strength_unit": unit,
+            "template_own_layout": own["layout"],
             "baseline": final_energies(baseline_log), "sweep": sweep}
 
 
@@ -153,11 +160,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="sd1-tiny", help="sd1-tiny, sdxl-tiny (CPU) or sd1-full (a GPU advised)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float16", "float32"], help="sd1-full weights (default: float16 on CUDA)")
     parser.add_argument("--image-size", type=int, help="pixels per side, a multiple of 8 (default: 128 tiny, 512 full)")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--cfg", type=float, default=7.5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--multipliers", type=float, nargs="+", default=[0, 0.25, 0.5, 1.0])
+    parser.add_argument("--multipliers", type=float, nargs="+", default=[0, 1, 2, 4])
     parser.add_argument("--cross-tolerance", type=float, default=0.05)
     parser.add_argument("--out", default="guidance_evidence")
     args = parser.parse_args(argv)
@@ -170,14 +178,15 @@ def main(argv=None) -> int:
     if host is None:
         return 2
     device = torch.device(args.device)
-    patcher, family, side, context_dim = build_model(comfy_env, args.model, device)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    patcher, family, side, context_dim = build_model(comfy_env, args.model, device, dtype)
     if args.image_size:
         if args.image_size % 8:
             parser.error(f"--image-size {args.image_size} is not a multiple of 8")
         side = args.image_size // 8
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    title = f"{args.model} ({sum(p.numel() for p in patcher.model.diffusion_model.parameters()) / 1e6:.1f} M), " \
+    title = f"{args.model} {str(dtype)[6:]} ({sum(p.numel() for p in patcher.model.diffusion_model.parameters()) / 1e6:.1f} M), " \
             f"{side * 8}px, {args.steps} Euler steps, cfg {args.cfg}"
     print(title, "on", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     results, claims = [], []
