@@ -1,6 +1,7 @@
 """The DreamBench harness (tests/evaluation/dreambench.py), weights-free: metric math, the encoders' preprocessing and
 architectures with random weights, the dataset reader on a synthesised copy in DreamBench's original layout, the
-outputs of a run on tiny random models, resume after an interrupted run, and torchrun sharding over 2 CPU processes.
+outputs of a run on tiny random models, resume after an interrupted and after a killed run, and torchrun sharding
+over 2 CPU processes.
 Tests that generate images need ComfyUI (skipped with the reason without it)."""
 
 from __future__ import annotations
@@ -377,3 +378,35 @@ def test_torchrun_over_two_cpu_processes_gives_the_single_process_results(single
     for a, b in zip(sharded, single):
         for column in metric_columns:
             assert float(a[column]) == pytest.approx(float(b[column]), abs=1e-4), (a["image"], column)
+
+
+def test_a_killed_run_resumes_without_redoing_finished_images(bench_folder, tmp_path):
+    """The run is killed (SIGKILL, nothing gets to clean up) once its first image is finished; the rerun keeps
+    what was finished, untouched, and makes only the rest."""
+    import signal
+    import time
+
+    require_comfyui()
+    run = [*RUN[:RUN.index("--seeds")], "--seeds", "2", *RUN[RUN.index("--seeds") + 2:]]  # 8 images: time to kill
+    part = tmp_path / results.PARTS_FOLDER / "rank000.csv"
+    env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))
+    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "evaluation" / "dreambench.py"), "--dataset",
+                                str(bench_folder), "--out", str(tmp_path), *run], env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (part.exists() and len(_read_csv(part)) >= 1):
+        assert process.poll() is None, f"the run ended before it could be killed: {process.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, "no image finished within 240 s"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    process.stderr.close()
+    finished = _read_csv(part)
+    assert 1 <= len(finished) < 2 * IMAGES
+    stamps = {r["image"]: (tmp_path / r["image"]).stat().st_mtime_ns for r in finished}
+
+    report = cli.run(["--dataset", str(bench_folder), "--out", str(tmp_path), *run])
+    assert report["finished_before"] == len(finished) and report["generated"] == 2 * IMAGES - len(finished)
+    assert {image: (tmp_path / image).stat().st_mtime_ns for image in stamps} == stamps
+    rows = _read_csv(tmp_path / results.RESULTS_FILE)
+    assert len(rows) == 2 * IMAGES and len({r["image"] for r in rows}) == 2 * IMAGES
