@@ -538,7 +538,11 @@ def pick_palette(model_patcher, vae, image, positive, steps, scheduler, mask=Non
 
     capturing = capture_each_step(model_patcher, engine, on_step)
     sampler = comfy.samplers.KSAMPLER(_invert)
-    callback = latent_preview.prepare_callback(capturing, len(ascending))
+    preview_and_progress = latent_preview.prepare_callback(capturing, len(ascending))
+
+    def callback(step, x0, x, total_steps):
+        # KSAMPLER counts len(sigmas) - 1 steps, as a schedule ends at 0; the inversion's ascending sigmas do not
+        preview_and_progress(step, x0, x, len(ascending))
     comfy.sample.sample_custom(capturing, torch.zeros_like(latent), 1.0, sampler, ascending, positive, positive, latent,
                                callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)
     palette = ops.Palette(_store_metadata(

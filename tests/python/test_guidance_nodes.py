@@ -263,6 +263,34 @@ def test_long_nodes_report_progress_every_step_and_stop_on_cancel(ops, env, whic
     assert calls == [1, 2]
 
 
+@pytest.mark.parametrize("which", ["pick", "draw", "guided"])
+def test_long_nodes_count_their_steps_to_100_percent(ops, env, which):
+    """The progress bar counts 1..steps of steps (the inversion samples ascending sigmas with no final 0, for
+    which ComfyUI's sampler wrapper would count one step too few)."""
+    import comfy.utils
+
+    host, clip = env.host, env.clip
+    patcher = tiny_sd1_patcher()
+    positive, negative = _prompts(host, clip)
+    latent = {"samples": torch.zeros(1, 4, 16, 16)}
+    calls = []
+    if which == "guided":
+        template, _, _ = host.draw_layout_template(patcher, 1, 4, 7.5, "euler", "normal", positive, negative, latent)
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, prompt_id=None, node_id=None:
+                                             calls.append((value, total)))
+    try:
+        if which == "pick":
+            host.pick_palette(patcher, PoolingVae(), torch.rand(1, 128, 128, 3), positive, 4, "normal")
+        elif which == "draw":
+            host.draw_layout_template(patcher, 1, 4, 7.5, "euler", "normal", positive, negative, latent)
+        else:
+            host.guided_sample(patcher, 1, 4, 7.5, "euler", "normal", positive, negative, latent, 1.0, None, template,
+                               {"layout_end": 1.0}, 1.0)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert calls == [(step, 4) for step in range(1, 5)]
+
+
 @pytest.mark.parametrize("case", ["cfg 1", "batch 2", "denoise 0.6", "noise mask"])
 def test_guided_sampling_in_the_host_cases(ops, env, case):
     """cfg 1 (ComfyUI drops the unconditional pass), a batch of 2, img2img with denoise < 1 and an inpainting
