@@ -118,8 +118,8 @@ def _make_weights_differentiable(model) -> int:
 
     ComfyUI loads (and LoRA-patches) weights under torch.inference_mode(); such tensors cannot be saved
     for backward. They are cloned one at a time, each original dropped before the next is copied, so the
-    peak is one tensor more, not a second model. Ordinary tensors serve later unguided runs as well (a test
-    checks this); how this interacts with the restore of LoRA-patched weights is not covered by a test yet.
+    peak is one tensor more, not a second model. Ordinary tensors serve later unguided runs as well, and LoRA
+    patches still apply and come off as before (tests check both).
     """
     global _weights_converted_logged
     converted = 0
@@ -156,9 +156,9 @@ class GuidanceRun:
     The log's values stay tensors on the sampling device while sampling (reading them would wait for the
     GPU every step); `log` turns them into numbers when it is read."""
 
-    def __init__(self, strength: float, batched: bool):
+    def __init__(self, strength: float, batched: bool | None):
         self.strength = float(strength)
-        self.batched = batched
+        self.batched = batched  # None until the first guided step chooses
         self.gradient = None
         self.last_guided_step = None
         self._log: list[dict] = []
@@ -183,26 +183,48 @@ def _store_on(store, device):
     return moved
 
 
-_split_pass_logged = False
+# Memory the forward with gradients keeps for the backward, per latent pixel, batch row and byte of the model's
+# dtype: the peak of a guided step over a plain KSampler's, measured on an H100 with ComfyUI's PyTorch attention at
+# 512-1024 px (tests/benchmarks/results): 0.117-0.124 MiB for SD1.5-shaped UNets, 0.22-0.23 MiB for SDXL.
+_GUIDED_MIB_PER_PIXEL_ROW_BYTE = {"sd1": 0.125, "sd2": 0.125, "sdxl": 0.235}
+_split_pass_logged: set[str] = set()
 
 
-def _batch_guided_pass(requested: bool | None) -> bool:
+def guided_pass_bytes(family: str, rows: int, height: int, width: int, dtype_bytes: int) -> int:
+    """Estimated memory a guided step keeps for its backward when `rows` batch rows run with gradients."""
+    return int(_GUIDED_MIB_PER_PIXEL_ROW_BYTE[family] * rows * height * width * dtype_bytes * 2**20)
+
+
+def _say_split_once(reason: str, message: str) -> None:
+    if reason not in _split_pass_logged:
+        logger.info("Pick-and-Draw: %s, so guided steps run the conditional rows with gradients and the "
+                    "unconditional rows apart (less memory, slower)", message)
+        _split_pass_logged.add(reason)
+
+
+def _batch_guided_pass(requested: bool | None, family: str, model, x, conds) -> bool:
     """Whether a guided step runs the conditional and unconditional rows in one forward pass with gradients.
 
-    One pass launches half the kernels (a UNet step is launch-bound at SD1.5 sizes) but keeps the
-    unconditional rows' activations for the backward too; the split pass (conditional rows with gradients,
-    unconditional rows without) keeps half the activations. Low-VRAM modes get the split pass."""
-    global _split_pass_logged
+    One pass launches half the kernels (a UNet step is launch-bound at SD1.5 sizes: 3.75x a plain step against
+    4.12x split, SD1.5 at 512 px on an H100) but keeps the unconditional rows' activations for the backward too
+    (2.05x a plain step's peak memory against 1.54x). So: one pass unless ComfyUI runs in a low-VRAM mode or the
+    estimate for it exceeds the free memory ComfyUI reports."""
     if requested is not None:
         return requested
     import comfy.model_management as mm
 
-    batched = mm.vram_state not in (mm.VRAMState.LOW_VRAM, mm.VRAMState.NO_VRAM)
-    if not batched and not _split_pass_logged:
-        logger.info("Pick-and-Draw: ComfyUI runs in a low-VRAM mode, so guided steps run the conditional rows "
-                    "with gradients and the unconditional rows separately (less memory, slower)")
-        _split_pass_logged = True
-    return batched
+    if mm.vram_state in (mm.VRAMState.LOW_VRAM, mm.VRAMState.NO_VRAM):
+        _say_split_once("low-vram", "ComfyUI runs in a low-VRAM mode")
+        return False
+    dtype = getattr(model, "manual_cast_dtype", None) or model.get_dtype()
+    rows = x.shape[0] * sum(1 for c in conds if c is not None)
+    needed = guided_pass_bytes(family, rows, x.shape[-2], x.shape[-1], mm.dtype_size(dtype))
+    free = mm.get_free_memory(x.device)
+    if needed > free:
+        _say_split_once("memory", f"both CFG rows with gradients need about {needed / 2**30:.1f} GiB and ComfyUI "
+                                  f"reports {free / 2**30:.1f} GiB free")
+        return False
+    return True
 
 
 def guide_model(model_patcher, engine, palette, layout_template, strength: float, batched: bool | None = None):
@@ -212,13 +234,14 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
     only), the energy's gradient to the latent is taken, and the same outputs, detached, are the predictions
     for ComfyUI's own CFG. After CFG the denoised estimate moves by -strength * sigma^2 * gradient
     (self-guidance in k-diffusion's sigma space). batched: conditional and unconditional rows in one pass
-    with gradients (True), the unconditional rows apart without gradients (False), or chosen from ComfyUI's
-    VRAM mode (None).
+    with gradients (True), the unconditional rows apart without gradients (False), or chosen at the first
+    guided step of each run from ComfyUI's VRAM mode and free memory (None).
     """
     _check_attention_backend()
     table = layer_table(model_patcher)
     recorder = ops.AttentionRecorder(engine.recorder_layers(), list(engine.config.token_indices))
-    run = GuidanceRun(strength, _batch_guided_pass(batched))
+    family = model_family(model_patcher)
+    run = GuidanceRun(strength, batched)
     palette = _store_on(palette, model_patcher.load_device)
     layout_template = _store_on(layout_template, model_patcher.load_device)
     patched = attach_recorder(model_patcher, recorder, table)
@@ -233,6 +256,7 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
             # ComfyUI loads and patches (LoRA) weights when a sampling run starts, not between its steps
             if run.last_guided_step is None or step <= run.last_guided_step:
                 _make_weights_differentiable(model)
+                run.batched = _batch_guided_pass(batched, family, model, x, conds)
             run.last_guided_step = step
             x_in = x.detach().clone().requires_grad_(True)
             recorder.clear()

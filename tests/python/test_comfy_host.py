@@ -149,18 +149,44 @@ def test_batched_and_split_guided_passes_give_the_same_sample_and_gradients(ops,
         assert one["total"] == pytest.approx(other["total"], rel=1e-4)
 
 
-def test_guided_passes_follow_comfyuis_vram_mode(host, monkeypatch, caplog):
+def test_guided_passes_follow_comfyuis_vram_mode_and_free_memory(host, monkeypatch, caplog):
     import comfy.model_management as mm
 
+    model = tiny_sd1_patcher().model
+    x = torch.zeros(1, 4, 64, 64)
+    conds = [object(), object()]
+    needed = host.guided_pass_bytes("sd1", 2, 64, 64, 4)  # float32 model: 2 rows at 64 x 64
+    assert needed == int(0.125 * 2 * 64 * 64 * 4 * 2**20)
+    assert host.guided_pass_bytes("sdxl", 2, 64, 64, 4) > needed
     monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NORMAL_VRAM)
-    assert host._batch_guided_pass(None) is True
-    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.LOW_VRAM)
-    monkeypatch.setattr(host, "_split_pass_logged", False)
+    monkeypatch.setattr(mm, "get_free_memory", lambda device=None, torch_free_too=False: needed + 1)
+    assert host._batch_guided_pass(None, "sd1", model, x, conds) is True
+    monkeypatch.setattr(host, "_split_pass_logged", set())
     with caplog.at_level("INFO", logger="pickdraw"):
-        assert host._batch_guided_pass(None) is False
-        assert host._batch_guided_pass(None) is False
-    assert caplog.text.count("low-VRAM mode") == 1
-    assert host._batch_guided_pass(True) is True
+        monkeypatch.setattr(mm, "get_free_memory", lambda device=None, torch_free_too=False: needed - 1)
+        assert host._batch_guided_pass(None, "sd1", model, x, conds) is False
+        assert host._batch_guided_pass(None, "sd1", model, x, conds) is False
+        assert host._batch_guided_pass(None, "sd1", model, x, [conds[0], None]) is True  # cfg 1: one row
+        monkeypatch.setattr(mm, "get_free_memory", lambda device=None, torch_free_too=False: 2**50)
+        monkeypatch.setattr(mm, "vram_state", mm.VRAMState.LOW_VRAM)
+        assert host._batch_guided_pass(None, "sd1", model, x, conds) is False
+        assert host._batch_guided_pass(True, "sd1", model, x, conds) is True
+    assert caplog.text.count("GiB free") == 1 and caplog.text.count("low-VRAM mode") == 1
+
+
+def test_a_guided_run_splits_its_passes_when_memory_is_short(ops, host, monkeypatch):
+    import comfy.model_management as mm
+
+    patcher = sharpen_cross_attention(tiny_sd1_patcher())
+    engine, palette, template = _engine_and_stores(ops, host, patcher, steps=3)
+    real = mm.get_free_memory
+    # only the plain question (the one the pack asks) gets "1 byte free"; ComfyUI's attention asks with torch_free_too
+    monkeypatch.setattr(mm, "get_free_memory", lambda device=None, torch_free_too=False:
+                        real(device, torch_free_too) if torch_free_too else 1)
+    guided, run = host.guide_model(patcher, engine, palette, template, 1e4)
+    assert run.batched is None
+    sample(guided, steps=3, seed=3)
+    assert run.batched is False and len(run.log) == 3
 
 
 def test_guided_sampling_inside_inference_mode_like_comfyui_prompts(ops, host):
