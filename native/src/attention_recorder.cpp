@@ -87,27 +87,20 @@ at::Tensor AttentionRecorder::cross_attention(const at::Tensor& q, const at::Ten
     }
   }
 
+  // The output of every row comes from the fused attention, as on an unwatched layer: its backward is one
+  // kernel, and the features of the conditional rows are slices of it. Only the maps need the attention
+  // probabilities themselves, and only for the conditional rows: those are computed explicitly.
+  const auto out = fast_attention(q, k, v, call.heads);
   const int64_t per = B / chunks;
-  std::vector<at::Tensor> outputs;
-  outputs.reserve(static_cast<size_t>(chunks));
   for (int64_t c = 0; c < chunks; ++c) {
-    const auto qc = q.narrow(0, c * per, per);
-    const auto kc = k.narrow(0, c * per, per);
-    const auto vc = v.narrow(0, c * per, per);
-    if (call.cond_or_uncond[static_cast<size_t>(c)] != 0) {  // unconditional rows record nothing
-      outputs.push_back(fast_attention(qc, kc, vc, call.heads));
-      continue;
-    }
-    // Explicit attention, softmax in float32 for reduced-precision inputs (attention_basic does
-    // the same); the probabilities go back to v's dtype for the output.
-    const auto compute = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    const auto qh = split_heads(qc, call.heads).to(compute);
-    const auto kh = split_heads(kc, call.heads).to(compute);
-    const double scale = 1.0 / std::sqrt(static_cast<double>(qh.size(-1)));
-    const auto probs = at::softmax(at::matmul(qh, kh.transpose(-1, -2)) * scale, -1);
-    const auto out = merge_heads(at::matmul(probs.to(v.scalar_type()), split_heads(vc, call.heads)));
-    outputs.push_back(out);
+    if (call.cond_or_uncond[static_cast<size_t>(c)] != 0) continue;  // unconditional rows record nothing
     if (capture.maps) {
+      // Softmax in float32 for reduced-precision inputs (attention_basic does the same).
+      const auto compute = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+      const auto qh = split_heads(q.narrow(0, c * per, per), call.heads).to(compute);
+      const auto kh = split_heads(k.narrow(0, c * per, per), call.heads).to(compute);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(qh.size(-1)));
+      const auto probs = at::softmax(at::matmul(qh, kh.transpose(-1, -2)) * scale, -1);
       const auto& index = token_index_on(q.device());
       // [per, heads, N, T] -> head mean -> [per, T, H, W]
       const auto maps = probs.index_select(-1, index).mean(1).transpose(1, 2).reshape(
@@ -115,10 +108,10 @@ at::Tensor AttentionRecorder::cross_attention(const at::Tensor& q, const at::Ten
       maps_[call.layer_key] = append_rows(maps_[call.layer_key], maps);
     }
     if (capture.features) {
-      features_[call.layer_key] = append_rows(features_[call.layer_key], out);
+      features_[call.layer_key] = append_rows(features_[call.layer_key], out.narrow(0, c * per, per));
     }
   }
-  return chunks == 1 ? outputs[0] : at::cat(outputs, 0);
+  return out;
 }
 
 void AttentionRecorder::clear() {

@@ -133,7 +133,9 @@ def test_draw_layout_template_records_every_step_and_keeps_the_sample(ops, env):
     assert template.metadata.extra["seed"] == "5" and template.metadata.extra["latent_size"] == "16x16"
     assert template.metadata.tokens.indices == [5]
     (plain,) = comfy_nodes.common_ksampler(patcher, 5, 3, 7.5, "euler", "normal", positive, negative, latent)
-    torch.testing.assert_close(out["samples"], plain["samples"])  # recording does not change the sample
+    # recording does not change the sample (the recorder's fused attention and ComfyUI's CPU attention, a split
+    # softmax, round differently in the last bits)
+    torch.testing.assert_close(out["samples"], plain["samples"], rtol=1e-4, atol=1e-4)
     assert preview.shape == (1, 128, 128, 3) and float(preview.min()) >= 0 and float(preview.max()) <= 1
 
 

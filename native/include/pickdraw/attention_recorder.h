@@ -5,10 +5,10 @@
 //   maps      the subject tokens' attention probabilities of the conditional rows, head-averaged,
 //             [Bc, T, H, W] (T = number of recorded token indices)
 //   features  the attention output of the conditional rows, [Bc, N, heads * dim]
-// Probabilities are computed explicitly (softmax in float32 for reduced-precision models, as
-// ComfyUI's attention_basic does) only when something is recorded: while gradients are being
-// taken or when a capture pass asks for it. Otherwise, and for rows and layers that record
-// nothing, the call is a pass-through to scaled_dot_product_attention.
+// The output always comes from scaled_dot_product_attention (the features are slices of it). The
+// conditional rows' probabilities are computed explicitly (softmax in float32 for reduced-precision
+// models, as ComfyUI's attention_basic does) only when something is recorded: while gradients are
+// being taken or when a capture pass asks for it. Otherwise the call is a pass-through.
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
