@@ -99,15 +99,26 @@ def attach_recorder(model_patcher, recorder, table):
     return patched
 
 
-def _step_of(sigma, model_options) -> tuple[int, int]:
-    """(index of the current step, number of steps) from the schedule ComfyUI puts in transformer_options."""
-    schedule = model_options.get("transformer_options", {}).get("sample_sigmas")
-    if schedule is None:
-        raise RuntimeError("ComfyUI did not provide sample_sigmas: guided sampling needs a KSampler or SamplerCustom")
-    schedule = schedule.detach().float().cpu()
-    current = float(sigma.detach().float().flatten()[0])
-    index = int(torch.argmin((schedule - current).abs()))  # first match: a schedule's final 0 is never asked for
-    return index, len(schedule) - 1
+class StepLocator:
+    """Finds the current step in the schedule ComfyUI puts in transformer_options.
+
+    Reading a tensor on the GPU waits for the GPU: the schedule is copied to the host once per run (ComfyUI
+    hands the same tensor to every step of a run), and the current sigma is read once per step."""
+
+    def __init__(self):
+        self._schedule = None
+        self._on_host = None
+
+    def __call__(self, sigma, model_options) -> tuple[int, int, float]:
+        """(index of the current step, number of steps, the current sigma as a number)."""
+        schedule = model_options.get("transformer_options", {}).get("sample_sigmas")
+        if schedule is None:
+            raise RuntimeError("ComfyUI did not provide sample_sigmas: guided sampling needs a KSampler or SamplerCustom")
+        if schedule is not self._schedule:
+            self._schedule, self._on_host = schedule, schedule.detach().float().cpu()
+        current = float(sigma.detach().float().flatten()[0])
+        index = int(torch.argmin((self._on_host - current).abs()))  # first match: a schedule's final 0 is never asked for
+        return index, len(self._on_host) - 1, current
 
 
 _weights_converted_logged = False
@@ -245,10 +256,11 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
     palette = _store_on(palette, model_patcher.load_device)
     layout_template = _store_on(layout_template, model_patcher.load_device)
     patched = attach_recorder(model_patcher, recorder, table)
+    locate = StepLocator()
 
     def calc_cond_batch(args):
         conds, x, sigma, model, options = args["conds"], args["input"], args["sigma"], args["model"], args["model_options"]
-        step, steps = _step_of(sigma, options)
+        step, steps, sigma_value = locate(sigma, options)
         run.gradient = None
         if not engine.any_active(step, steps):
             return comfy.samplers.calc_cond_batch(model, conds, x, sigma, options)
@@ -262,14 +274,14 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
             recorder.clear()
             with_gradients = conds if run.batched else conds[:1]
             outs = comfy.samplers.calc_cond_batch(model, with_gradients, x_in, sigma.detach().clone(), options)
-            loss = engine.step_loss(recorder, palette, layout_template, float(sigma.flatten()[0]), step, steps)
+            loss = engine.step_loss(recorder, palette, layout_template, sigma_value, step, steps)
             total = loss.total.sum()
             gradient = torch.autograd.grad(total, x_in)[0] if total.requires_grad else torch.zeros_like(x_in)
             recorder.clear()
             outs = [out.detach() if out is not None else None for out in outs]
         run.gradient = gradient.detach()
         run._log.append({
-            "step": step, "sigma": float(sigma.flatten()[0]), "total": total.detach(),
+            "step": step, "sigma": sigma_value, "total": total.detach(),
             "appearance": loss.appearance.detach().sum() if loss.appearance_on else None,
             "layout": loss.layout.detach().sum() if loss.layout_on else None,
             "mask_pixels": dict(loss.mask_pixels), "palette_sigma_index": loss.palette_sigma_index,
@@ -299,13 +311,14 @@ def capture_each_step(model_patcher, engine, on_step):
     recorder = ops.AttentionRecorder(engine.recorder_layers(), list(engine.config.token_indices))
     recorder.capture = True
     patched = attach_recorder(model_patcher, recorder, table)
+    locate = StepLocator()
 
     def calc_cond_batch(args):
         conds, x, sigma, model, options = args["conds"], args["input"], args["sigma"], args["model"], args["model_options"]
-        step, steps = _step_of(sigma, options)
+        step, steps, sigma_value = locate(sigma, options)
         recorder.clear()
         out = comfy.samplers.calc_cond_batch(model, conds, x, sigma, options)
-        on_step(step, steps, float(sigma.flatten()[0]), recorder)
+        on_step(step, steps, sigma_value, recorder)
         recorder.clear()
         return out
 

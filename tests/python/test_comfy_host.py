@@ -189,6 +189,18 @@ def test_a_guided_run_splits_its_passes_when_memory_is_short(ops, host, monkeypa
     assert run.batched is False and len(run.log) == 3
 
 
+def test_step_locator_finds_steps_and_copies_each_schedule_once(host):
+    locate = host.StepLocator()
+    schedule = torch.tensor([14.6, 7.0, 3.0, 0.0])
+    options = {"transformer_options": {"sample_sigmas": schedule}}
+    assert locate(torch.tensor([7.0]), options) == (1, 3, 7.0)
+    first_copy = locate._on_host
+    assert locate(torch.tensor([3.0]), options)[:2] == (2, 3) and locate._on_host is first_copy
+    assert locate(torch.tensor([5.0]), {"transformer_options": {"sample_sigmas": torch.tensor([5.0, 1.0, 0.0])}})[:2] == (0, 2)
+    with pytest.raises(RuntimeError, match="sample_sigmas"):
+        locate(torch.tensor([1.0]), {})
+
+
 def test_guided_sampling_inside_inference_mode_like_comfyui_prompts(ops, host):
     """ComfyUI runs every prompt under torch.inference_mode() and loads weights there."""
     with torch.inference_mode():
