@@ -62,7 +62,7 @@ HAS_CUDA=0
 BENCH=(tests/benchmarks/bench_guided_sampling.py)
 if [ "$HAS_CUDA" = 1 ]; then
   stamp "guided sampling benchmark, SD1.5 512 and 768 px"
-  section 150 "$PYTHON" "${BENCH[@]}" --cases sd1:64,sd1:96 --json "$OUT/guided_sd15.json"
+  section 150 "$PYTHON" "${BENCH[@]}" --cases sd1:64,sd1:96 --json "$OUT/guided_sd15.json" --profile "$OUT/profile.txt"
   stamp "objective evidence, full SD1.5 shape"
   section 120 "$PYTHON" tests/evaluation/guidance_evidence.py --model sd1-full --device cuda --steps 20 --seeds 0 1 \
     --multipliers 0 1 2 4 --out "$OUT/evidence_sd15"
