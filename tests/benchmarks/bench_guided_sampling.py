@@ -151,6 +151,42 @@ def profile_guided_steps(device, guided_run, plain_run, path: str) -> None:
     Path(path).write_text("\n\n".join(tables))
 
 
+def count_dispatched_ops(host, comfy_env, args, device) -> dict:
+    """Top-level ATen ops dispatched per step by plain and guided (both terms, every step) sampling of the
+    full SD1.5 shape (the tiny model with --tiny) at a 16 x 16 latent (the count does not depend on the size). On a GPU each op is at least
+    one launch, and a launch-bound step costs about what it dispatches, so this CPU-countable number tracks
+    the guided step's overhead without a GPU."""
+    import nodes as comfy_nodes
+    from torch.profiler import ProfilerActivity, profile
+
+    if args.tiny:
+        patcher, context_dim = comfy_env.sharpen_cross_attention(comfy_env.tiny_sd1_patcher()), 64
+    else:
+        patcher = comfy_env.full_size_patcher("sd1", device, torch.float16 if device.type == "cuda" else torch.float32)
+        context_dim = 768
+    positive, negative = comfy_env.subject_conditioning("sd1", 1, context_dim)
+    steps, side = 2, 16
+    latent = {"samples": torch.zeros(1, 4, side, side)}
+    palette, template = comfy_env.guidance_stores(patcher, positive, negative, args.seed, steps, args.cfg, side)
+    runs = {
+        "plain": lambda: comfy_nodes.common_ksampler(patcher, args.seed, steps, args.cfg, "euler", "normal", positive,
+                                                     negative, latent),
+        "guided_all": lambda: host.guided_sample(patcher, args.seed, steps, args.cfg, "euler", "normal", positive,
+                                                 negative, latent, 1.0, palette, template, BOTH_EVERY_STEP, args.strength),
+    }
+    counts = {}
+    for name, run in runs.items():
+        run()  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+        top_level = [e for e in prof.events() if e.name.startswith("aten::")
+                     and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
+        counts[name] = len(top_level) / steps
+    print(f"dispatched ATen ops per step, {'tiny SD1.x' if args.tiny else 'SD1.5'} shape: plain {counts['plain']:.0f}, guided {counts['guided_all']:.0f} "
+          f"({counts['guided_all'] / counts['plain']:.2f}x)")
+    return counts
+
+
 def print_case(case: dict) -> None:
     cap = f", cap {case['memory_cap_gib']} GiB" if case["memory_cap_gib"] else ""
     print(f"\n{case['family']} {case['image_px']}px, {case['steps']} steps, cfg {case['cfg']}{cap} "
@@ -177,6 +213,8 @@ def main(argv=None) -> int:
                         help="comma-separated family:latent side (e.g. sd1:64,sdxl:128); default: all of them")
     parser.add_argument("--variants", help="comma-separated guided configurations to run (default: each case's list)")
     parser.add_argument("--profile", help="profile 3 steps of guided_all on the first case; write op tables here")
+    parser.add_argument("--count-ops", action="store_true",
+                        help="only count the ops a plain and a guided step dispatch (SD1.5 shape; CPU is enough)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
@@ -191,6 +229,11 @@ def main(argv=None) -> int:
     if device.type == "cuda" and args.tiny:
         print("--tiny builds its model on the CPU: use --device cpu", file=sys.stderr)
         return 2
+    if args.count_ops:
+        counts = count_dispatched_ops(host, comfy_env, args, device)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"torch": torch.__version__, "ops_per_step": counts}, indent=1))
+        return 0
     cases = TINY_CASES if args.tiny else FULL_CASES
     if args.cases:
         wanted = {tuple(item.split(":")) for item in args.cases.split(",")}
