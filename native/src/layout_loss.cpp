@@ -2,6 +2,10 @@
 
 #include <ATen/ATen.h>
 
+#include <map>
+#include <utility>
+#include <vector>
+
 #include "pickdraw/checks.h"
 #include "pickdraw/gaussian_smoothing.h"
 
@@ -12,7 +16,9 @@ at::Tensor layout_loss(at::TensorList maps, at::TensorList templates, int64_t ke
   TORCH_CHECK(!maps.empty(), "layout_loss needs at least one layer");
   TORCH_CHECK(maps.size() == templates.size(), "layout_loss got ", maps.size(),
               " map layers but ", templates.size(), " template layers; they must pair up");
-  at::Tensor total;
+  // Layers of one map shape are smoothed and compared in one stacked call: SD1.x's 16 layers come
+  // in 4 shapes, and a guided step is bound by how many ops it launches.
+  std::map<std::vector<int64_t>, std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>>> by_shape;
   for (size_t l = 0; l < maps.size(); ++l) {
     const auto& a = maps[l];
     const auto& t = templates[l];
@@ -27,9 +33,17 @@ at::Tensor layout_loss(at::TensorList maps, at::TensorList templates, int64_t ke
                     (t.size(0) == a.size(0) || t.size(0) == 1),
                 "templates[", l, "] of shape ", t.sizes(), " does not match maps[", l,
                 "] of shape ", a.sizes(), ": was the template drawn at another image size?");
+    auto& group = by_shape[a.sizes().vec()];
+    group.first.push_back(a);
+    group.second.push_back(t.expand_as(a));
+  }
+  at::Tensor total;
+  for (const auto& [shape, group] : by_shape) {
+    const auto a = at::stack(group.first);  // [L, B, H, W]
+    const auto t = at::stack(group.second);
     const auto smoothed_t = templates_smoothed ? t : gaussian_smooth(t, kernel_size, sigma);
     const auto diff = gaussian_smooth(a, kernel_size, sigma) - smoothed_t;
-    const auto frob = at::linalg_vector_norm(diff, 2, {1, 2}, /*keepdim=*/false);
+    const auto frob = at::linalg_vector_norm(diff, 2, {2, 3}, /*keepdim=*/false).sum(0);  // [B]
     total = total.defined() ? total + frob : frob;
   }
   return total / static_cast<double>(maps.size());

@@ -82,6 +82,17 @@ def test_layout_loss_matches_reference_and_gradcheck(ops, reference, device):
     torch.testing.assert_close(ops.layout_loss(maps, smoothed, templates_smoothed=True), ops.layout_loss(maps, temps))
 
 
+def test_layout_loss_of_layers_sharing_shapes_matches_reference_and_gradcheck(ops, reference, device):
+    """Layers of one shape are compared in one stacked call; interleaved shapes and templates of batch 1 and B
+    must give the per-layer mean all the same."""
+    sizes = (8, 6, 8, 6, 8)
+    maps = [torch.rand(2, s, s, dtype=torch.float64, device=device, requires_grad=True) for s in sizes]
+    temps = [torch.rand(1 if i % 2 else 2, s, s, dtype=torch.float64, device=device) for i, s in enumerate(sizes)]
+    torch.testing.assert_close(ops.layout_loss(maps, temps), reference.layout_loss(maps, temps))
+    assert torch.autograd.gradcheck(lambda *m: ops.layout_loss(list(m), temps, 3, 0.5), tuple(maps),
+                                    nondet_tol=nondet_tol(device))
+
+
 @settings(max_examples=20, deadline=None)
 @given(st.integers(3, 16), st.integers(1, 3), st.integers(0, 2**31 - 1))
 def test_layout_loss_is_zero_for_identical_maps(ops, size, batch, seed):
