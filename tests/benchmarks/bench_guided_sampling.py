@@ -152,7 +152,8 @@ def profile_guided_steps(device, guided_run, plain_run, path: str) -> None:
 
 
 def count_dispatched_ops(host, comfy_env, args, device) -> dict:
-    """Top-level ATen ops dispatched per step by plain and guided (both terms, every step) sampling of the
+    """Top-level ATen ops dispatched per step by plain sampling, by a forward with gradients and a backward
+    alone (the floor of any gradient guidance), and by guided (both terms, every step) sampling of the
     full SD1.5 shape (the tiny model with --tiny) at a 16 x 16 latent (the count does not depend on the size). On a GPU each op is at least
     one launch, and a launch-bound step costs about what it dispatches, so this CPU-countable number tracks
     the guided step's overhead without a GPU."""
@@ -168,9 +169,24 @@ def count_dispatched_ops(host, comfy_env, args, device) -> dict:
     steps, side = 2, 16
     latent = {"samples": torch.zeros(1, 4, side, side)}
     palette, template = comfy_env.guidance_stores(patcher, positive, negative, args.seed, steps, args.cfg, side)
+    def gradient_only(call):
+        """The floor: a forward with gradients over both rows and the backward of a loss on the conditional
+        output, without recorder or energy."""
+        import comfy.samplers
+
+        with torch.enable_grad():
+            x = call["input"].detach().clone().requires_grad_(True)
+            outs = comfy.samplers.calc_cond_batch(call["model"], call["conds"], x, call["sigma"], call["model_options"])
+            torch.autograd.grad(outs[0].float().pow(2).mean(), x)
+        return [out.detach() for out in outs]
+
+    floor = patcher.clone()
+    floor.set_model_sampler_calc_cond_batch_function(gradient_only)
     runs = {
         "plain": lambda: comfy_nodes.common_ksampler(patcher, args.seed, steps, args.cfg, "euler", "normal", positive,
                                                      negative, latent),
+        "gradient_only": lambda: comfy_nodes.common_ksampler(floor, args.seed, steps, args.cfg, "euler", "normal",
+                                                             positive, negative, latent),
         "guided_all": lambda: host.guided_sample(patcher, args.seed, steps, args.cfg, "euler", "normal", positive,
                                                  negative, latent, 1.0, palette, template, BOTH_EVERY_STEP, args.strength),
     }
@@ -182,7 +198,9 @@ def count_dispatched_ops(host, comfy_env, args, device) -> dict:
         top_level = [e for e in prof.events() if e.name.startswith("aten::")
                      and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
         counts[name] = len(top_level) / steps
-    print(f"dispatched ATen ops per step, {'tiny SD1.x' if args.tiny else 'SD1.5'} shape: plain {counts['plain']:.0f}, guided {counts['guided_all']:.0f} "
+    print(f"dispatched ATen ops per step, {'tiny SD1.x' if args.tiny else 'SD1.5'} shape: plain {counts['plain']:.0f}, "
+          f"forward with gradients + backward alone {counts['gradient_only']:.0f} "
+          f"({counts['gradient_only'] / counts['plain']:.2f}x), guided {counts['guided_all']:.0f} "
           f"({counts['guided_all'] / counts['plain']:.2f}x)")
     return counts
 
