@@ -231,55 +231,18 @@ def test_the_guider_samples_like_the_guided_ksampler(ops, env):
     torch.testing.assert_close(custom, ksampled["samples"], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("which", ["pick", "draw", "guided"])
-def test_long_nodes_report_progress_every_step_and_stop_on_cancel(ops, env, which):
-    """ComfyUI's Cancel raises from its progress hook; each long node must call it every step."""
-    import comfy.model_management
+def _run_long_node(env, which: str, hook) -> None:
+    """Runs the host function behind a long node (Pick Palette, Draw Layout Template, Guided KSampler; 4 steps)
+    with `hook` as ComfyUI's progress hook."""
     import comfy.utils
 
     host, clip = env.host, env.clip
     patcher = tiny_sd1_patcher()
     positive, negative = _prompts(host, clip)
     latent = {"samples": torch.zeros(1, 4, 16, 16)}
-    calls = []
-
-    def hook(value, total, preview, prompt_id=None, node_id=None):
-        calls.append(value)
-        if len(calls) == 2:
-            raise comfy.model_management.InterruptProcessingException()
-
     if which == "guided":
         template, _, _ = host.draw_layout_template(patcher, 1, 4, 7.5, "euler", "normal", positive, negative, latent)
     comfy.utils.set_progress_bar_global_hook(hook)
-    try:
-        with pytest.raises(comfy.model_management.InterruptProcessingException):
-            if which == "pick":
-                host.pick_palette(patcher, PoolingVae(), torch.rand(1, 128, 128, 3), positive, 4, "normal")
-            elif which == "draw":
-                host.draw_layout_template(patcher, 1, 4, 7.5, "euler", "normal", positive, negative, latent)
-            else:
-                host.guided_sample(patcher, 1, 4, 7.5, "euler", "normal", positive, negative, latent, 1.0, None, template,
-                                   {"layout_end": 1.0}, 1.0)
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
-    assert calls == [1, 2]
-
-
-@pytest.mark.parametrize("which", ["pick", "draw", "guided"])
-def test_long_nodes_count_their_steps_to_100_percent(ops, env, which):
-    """The progress bar counts 1..steps of steps (the inversion samples ascending sigmas with no final 0, for
-    which ComfyUI's sampler wrapper would count one step too few)."""
-    import comfy.utils
-
-    host, clip = env.host, env.clip
-    patcher = tiny_sd1_patcher()
-    positive, negative = _prompts(host, clip)
-    latent = {"samples": torch.zeros(1, 4, 16, 16)}
-    calls = []
-    if which == "guided":
-        template, _, _ = host.draw_layout_template(patcher, 1, 4, 7.5, "euler", "normal", positive, negative, latent)
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, prompt_id=None, node_id=None:
-                                             calls.append((value, total)))
     try:
         if which == "pick":
             host.pick_palette(patcher, PoolingVae(), torch.rand(1, 128, 128, 3), positive, 4, "normal")
@@ -290,6 +253,31 @@ def test_long_nodes_count_their_steps_to_100_percent(ops, env, which):
                                {"layout_end": 1.0}, 1.0)
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
+
+
+@pytest.mark.parametrize("which", ["pick", "draw", "guided"])
+def test_long_nodes_report_progress_every_step_and_stop_on_cancel(ops, env, which):
+    """ComfyUI's Cancel raises from its progress hook; each long node must call it every step."""
+    import comfy.model_management
+
+    calls = []
+
+    def hook(value, total, preview, prompt_id=None, node_id=None):
+        calls.append(value)
+        if len(calls) == 2:
+            raise comfy.model_management.InterruptProcessingException()
+
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        _run_long_node(env, which, hook)
+    assert calls == [1, 2]
+
+
+@pytest.mark.parametrize("which", ["pick", "draw", "guided"])
+def test_long_nodes_count_their_steps_to_100_percent(ops, env, which):
+    """The progress bar counts 1..steps of steps (the inversion samples ascending sigmas with no final 0, for
+    which ComfyUI's sampler wrapper would count one step too few)."""
+    calls = []
+    _run_long_node(env, which, lambda value, total, preview, prompt_id=None, node_id=None: calls.append((value, total)))
     assert calls == [(step, 4) for step in range(1, 5)]
 
 
