@@ -64,11 +64,9 @@ def final_energies(log: list[dict]) -> dict:
 def run_seed(host, comfy_env, patcher, family, side, context_dim, seed, args) -> dict:
     positive_template, negative = comfy_env.subject_conditioning(family, 1000 + seed, context_dim)
     positive_run, _ = comfy_env.subject_conditioning(family, 2000 + seed, context_dim)
+    palette, template = comfy_env.guidance_stores(patcher, positive_template, negative, seed, args.steps, args.cfg, side,
+                                                  reference_seed=3000 + seed, palette_positive=positive_run)
     latent = {"samples": torch.zeros(1, 4, side, side)}
-    template, _, _ = host.draw_layout_template(patcher, seed, args.steps, args.cfg, "euler", "normal",
-                                               positive_template, negative, latent)
-    reference = torch.rand(1, side * 8, side * 8, 3, generator=torch.Generator().manual_seed(3000 + seed))
-    palette, _, _ = host.pick_palette(patcher, comfy_env.PoolingVae(), reference, positive_run, args.steps, "normal")
 
     def guided(positive, mode, strength, balance=(1.0, 1.0)):
         # A term that is off keeps a billionth of its weight: the engine then still computes and logs its

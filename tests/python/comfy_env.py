@@ -47,12 +47,10 @@ def require_comfyui():
 def host_for_script():
     """The pack's host adapter for a command-line script (benchmarks, reports), with ComfyUI's console
     progress bars off; None after printing why when ComfyUI cannot be found or imported."""
-    import sys as _sys
-
     try:
         host = require_comfyui()
     except BaseException as exc:  # pytest.skip raises an exception of its own
-        print(f"ComfyUI is needed: {exc}", file=_sys.stderr)
+        print(f"ComfyUI is needed: {exc}", file=sys.stderr)
         return None
     import comfy.utils
 
@@ -255,14 +253,14 @@ def subject_conditioning(family: str, seed: int, context_dim: int, indices=(2, 3
 
 
 def guidance_stores(patcher, positive, negative, seed: int, steps: int, cfg: float, latent_size: int,
-                    reference_seed: int = 101):
+                    reference_seed: int = 101, palette_positive=None):
     """(palette, layout template) made by the pack's own capture passes: the template from the vanilla run
-    of `seed`, the palette from the inversion of a random reference image, both with this MODEL."""
-    import importlib
-
+    of `seed` with `positive`, the palette from the inversion of a random reference image with
+    `palette_positive` (default: `positive`), both with this MODEL."""
     host = importlib.import_module(f"{PACK_NAME}.nodes.comfy_host")
     latent = {"samples": torch.zeros(1, 4, latent_size, latent_size)}
     template, _, _ = host.draw_layout_template(patcher, seed, steps, cfg, "euler", "normal", positive, negative, latent)
     reference = torch.rand(1, latent_size * 8, latent_size * 8, 3, generator=torch.Generator().manual_seed(reference_seed))
-    palette, _, _ = host.pick_palette(patcher, PoolingVae(), reference, positive, steps, "normal")
+    palette, _, _ = host.pick_palette(patcher, PoolingVae(), reference,
+                                      positive if palette_positive is None else palette_positive, steps, "normal")
     return palette, template
