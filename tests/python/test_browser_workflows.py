@@ -18,6 +18,7 @@ import copy
 import json
 import os
 from pathlib import Path
+import time
 
 import pytest
 
@@ -220,22 +221,38 @@ def test_the_template_browser_shows_each_workflow_with_its_thumbnail(page):
     fetched = {}
     record = lambda response: fetched.setdefault(response.url.split("/api/")[-1], (response.status, response.headers.get("content-type")))
     page.on("response", record)
+    names = [p.stem for p in WORKFLOWS]
     try:
         page.evaluate("app.extensionManager.command.execute('Comfy.BrowseTemplates')")
-        page.get_by_placeholder("Search templates...").fill("pick_and_draw")
-        # Each card: its title (the workflow's name) and the size of its loaded picture.
+        search = page.get_by_placeholder("Search templates...")
+        search.fill("pick_and_draw")
+        # Each card: its title (the workflow's name) and the size of its loaded picture. A card whose picture
+        # has not loaded yet is scrolled into view, as a user scrolling the dialog would, in case the browser
+        # defers pictures outside the view.
         cards = """(names) => {
           const found = {};
           for (const img of document.querySelectorAll('.p-dialog img')) {
             let card = img.parentElement;
             while (card && !names.some(n => card.innerText.includes(n))) card = card.parentElement;
             const name = card && names.find(n => card.innerText.split('\\n').includes(n));
-            if (name && img.complete && img.naturalWidth > 0) found[name] = [img.naturalWidth, img.naturalHeight];
+            if (!name) continue;
+            if (img.complete && img.naturalWidth > 0) found[name] = [img.naturalWidth, img.naturalHeight];
+            else img.scrollIntoView({block: 'nearest'});
           }
-          return Object.keys(found).length === names.length ? found : null;
+          return found;
         }"""
-        names = [p.stem for p in WORKFLOWS]
-        shown = page.wait_for_function(cards, arg=names, timeout=30_000).json_value()
+        deadline = time.monotonic() + 90
+        shown = {}
+        while len(shown) < len(names) and time.monotonic() < deadline:
+            if search.input_value() != "pick_and_draw":  # the dialog re-rendered its search box while loading
+                search.fill("pick_and_draw")
+            page.wait_for_timeout(250)
+            shown = page.evaluate(cards, names)
+        if len(shown) < len(names):
+            texts = page.locator(".p-dialog").all_inner_texts()
+            raise AssertionError(f"after 90 s the template browser shows pictures for {sorted(shown)} of {names}; "
+                                 f"search box holds {search.input_value()!r}; responses {fetched}; dialog text "
+                                 f"{[t[:600] for t in texts]}")
     finally:
         page.remove_listener("response", record)
         ui.close_dialogs(page)
