@@ -115,9 +115,10 @@ class StepLocator:
         if schedule is None:
             raise RuntimeError("ComfyUI did not provide sample_sigmas: guided sampling needs a KSampler or SamplerCustom")
         if schedule is not self._schedule:
-            self._schedule, self._on_host = schedule, schedule.detach().float().cpu()
+            self._schedule, self._on_host = schedule, schedule.detach().float().cpu().tolist()
         current = float(sigma.detach().float().flatten()[0])
-        index = int(torch.argmin((self._on_host - current).abs()))  # first match: a schedule's final 0 is never asked for
+        # The first match: a schedule's final 0 is never asked for.
+        index = min(range(len(self._on_host)), key=lambda i: abs(self._on_host[i] - current))
         return index, len(self._on_host) - 1, current
 
 
@@ -176,8 +177,16 @@ class GuidanceRun:
 
     @property
     def log(self) -> list[dict]:
-        return [{key: float(value) if isinstance(value, torch.Tensor) else value for key, value in entry.items()}
-                for entry in self._log]
+        return [{key: _as_number(value) for key, value in entry.items()} for entry in self._log]
+
+
+def _as_number(value):
+    """A step log value as Python numbers: tensors read back (integer ones as int), dicts of them alike."""
+    if isinstance(value, dict):
+        return {key: _as_number(v) for key, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        return value.item() if not value.is_floating_point() else float(value)
+    return value
 
 
 def _store_on(store, device):

@@ -101,15 +101,15 @@ StepLoss GuidanceEngine::step_loss(const AttentionRecorder& recorder, const Pale
         static_cast<int64_t>(palette->match_sigma(sigma, config_.sigma_tolerance).index);
     at::Tensor sum;
     // The mask depends only on the resolution, and the appearance layers share a few: one mask (and one
-    // read of its pixel count back from the device) per resolution.
-    std::map<std::pair<int64_t, int64_t>, std::pair<at::Tensor, int64_t>> masks;
+    // pixel count, left on the device) per resolution.
+    std::map<std::pair<int64_t, int64_t>, std::pair<at::Tensor, at::Tensor>> masks;
     for (const auto& layer : config_.appearance_layers) {
       const auto& features = capture_of(recorder.features(), layer, "features");
       const auto& maps = capture_of(recorder.maps(), layer, "maps");
       auto found = masks.find({maps.size(2), maps.size(3)});
       if (found == masks.end()) {
         auto made = subject_mask(recorder, maps.size(2), maps.size(3)).to(features.scalar_type());
-        const auto pixels = made.sum().item<int64_t>();
+        const auto pixels = made.detach().sum(at::kLong);
         found = masks.emplace(std::make_pair(maps.size(2), maps.size(3)), std::make_pair(made, pixels)).first;
       }
       const auto& mask = found->second.first;

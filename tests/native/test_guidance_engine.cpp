@@ -73,7 +73,7 @@ TEST(GuidanceEngine, CapturesThenLowersTheEnergyAlongItsGradient) {
   ASSERT_TRUE(loss.appearance_on && loss.layout_on);
   EXPECT_EQ(loss.palette_sigma_index, 1);
   EXPECT_EQ(loss.total.sizes(), at::IntArrayRef({1}));
-  EXPECT_GT(loss.mask_pixels.at("output.1.0"), 0);
+  EXPECT_GT(loss.mask_pixels.at("output.1.0").item<int64_t>(), 0);
   const auto grad = torch::autograd::grad({loss.total.sum()}, {latent})[0];
   recorder.clear();
   run_step(recorder, (latent - 0.5 * grad / grad.abs().max()).detach(), contexts, {1, 0});

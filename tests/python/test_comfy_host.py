@@ -201,6 +201,39 @@ def test_step_locator_finds_steps_and_copies_each_schedule_once(host):
         locate(torch.tensor([1.0]), {})
 
 
+def _device_reads(run) -> int:
+    """How many times run() reads a tensor's value back to the host (aten::_local_scalar_dense: on a GPU,
+    each one waits for the queued kernels to finish)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountReads(TorchDispatchMode):
+        reads = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                CountReads.reads += 1
+            return func(*args, **(kwargs or {}))
+
+    with CountReads():
+        run()
+    return CountReads.reads
+
+
+def test_a_guided_step_reads_back_only_the_current_sigma(ops, host):
+    """A launch-bound guided step must not wait for the GPU in the middle of the step: the only value it reads
+    back is the step's sigma (to find the step in the schedule); mask sizes and the log stay on the device
+    until the log is read, and then read as plain numbers."""
+    patcher = tiny_sd1_patcher()
+    engine, palette, template = _engine_and_stores(ops, host, patcher, steps=3)
+    guided, run = host.guide_model(patcher, engine, palette, template, 1.0)
+    plain_reads = _device_reads(lambda: sample(patcher, steps=3, seed=3))
+    guided_reads = _device_reads(lambda: sample(guided, steps=3, seed=3))
+    assert guided_reads - plain_reads == 3, (guided_reads, plain_reads)
+    entry = run.log[0]
+    assert entry["mask_pixels"] and all(type(n) is int and n > 0 for n in entry["mask_pixels"].values()), entry
+    assert all(type(entry[key]) is float for key in ("total", "appearance", "layout", "gradient_rms")), entry
+
+
 def test_guided_sampling_inside_inference_mode_like_comfyui_prompts(ops, host):
     """ComfyUI runs every prompt under torch.inference_mode() and loads weights there."""
     with torch.inference_mode():

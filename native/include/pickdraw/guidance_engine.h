@@ -44,7 +44,9 @@ struct StepLoss {
   bool layout_on = false;
   at::Tensor appearance;  // [Bc] when appearance_on
   at::Tensor layout;      // [Bc] when layout_on
-  std::map<std::string, int64_t> mask_pixels;  // per appearance layer, summed over the batch
+  // Per appearance layer, summed over the batch: a 0-dim int64 tensor on the sampling device, so that
+  // taking the loss never waits for the GPU (read it when the step log is read).
+  std::map<std::string, at::Tensor> mask_pixels;
   int64_t palette_sigma_index = -1;
   int64_t template_sigma_index = -1;
 };
