@@ -278,6 +278,7 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
             if run.last_guided_step is None or step <= run.last_guided_step:
                 _make_weights_differentiable(model)
                 run.batched = _batch_guided_pass(batched, family, model, x, conds)
+                recorder.recompute_maps = not run.batched  # the split pass is the one that saves memory
             run.last_guided_step = step
             x_in = x.detach().clone().requires_grad_(True)
             recorder.clear()

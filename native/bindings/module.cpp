@@ -18,6 +18,7 @@
 #include "pickdraw/model_layers.h"
 #include "pickdraw/saliency_mask.h"
 #include "pickdraw/sigma_lookup.h"
+#include "pickdraw/token_attention_maps.h"
 #include "pickdraw/uremd.h"
 
 namespace py = pybind11;
@@ -149,6 +150,13 @@ Returns [B, height, width] 0/1 in the map's dtype.)doc");
   m.def("resample_maps", guarded(&resample_maps), py::arg("maps"), py::arg("size"),
         "[B, H, W] -> [B, height, width], antialiased bilinear, align_corners=False.");
 
+  m.def("token_attention_maps", guarded(&token_attention_maps), py::arg("q"), py::arg("k"),
+        py::arg("heads"), py::arg("token_index"), py::arg("recompute_in_backward") = false,
+        R"doc(Head-averaged attention of q [B, N, heads*dim] on the chosen context tokens of k [B, T, heads*dim].
+
+Softmax over all T tokens (float32 for reduced-precision inputs), columns token_index (int64 [K]) kept:
+returns [B, N, K]. recompute_in_backward: the backward recomputes the probabilities from q and k
+instead of keeping them (less memory, more kernels).)doc");
   m.def("gaussian_kernel_1d", guarded(&gaussian_kernel_1d), py::arg("kernel_size"),
         py::arg("sigma"),
         "Normalised 1-D Gaussian taps, float64 [kernel_size] (odd kernel_size, sigma > 0).");
@@ -285,6 +293,8 @@ features(): {layer: [Bc, N, heads*dim]} attention outputs of the conditional row
            "q [B, N, heads*dim], k/v [B, L, heads*dim] -> attention output [B, N, heads*dim].")
       .def_property("capture", &AttentionRecorder::capture, &AttentionRecorder::set_capture,
                     "Force recording without gradients (palette and template capture passes).")
+      .def_property("recompute_maps", &AttentionRecorder::recompute_maps, &AttentionRecorder::set_recompute_maps,
+                    "Maps' backward recomputes the attention probabilities instead of keeping them (less memory).")
       .def_property_readonly("recording", &AttentionRecorder::recording)
       .def("watches", &AttentionRecorder::watches, py::arg("layer_key"))
       .def_property_readonly("token_indices", &AttentionRecorder::token_indices)

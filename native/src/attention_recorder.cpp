@@ -4,9 +4,8 @@
 #include <ATen/core/grad_mode.h>
 #include <c10/core/InferenceMode.h>
 
-#include <cmath>
-
 #include "pickdraw/checks.h"
+#include "pickdraw/token_attention_maps.h"
 
 namespace pickdraw {
 namespace {
@@ -95,16 +94,12 @@ at::Tensor AttentionRecorder::cross_attention(const at::Tensor& q, const at::Ten
   for (int64_t c = 0; c < chunks; ++c) {
     if (call.cond_or_uncond[static_cast<size_t>(c)] != 0) continue;  // unconditional rows record nothing
     if (capture.maps) {
-      // Softmax in float32 for reduced-precision inputs (attention_basic does the same).
-      const auto compute = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-      const auto qh = split_heads(q.narrow(0, c * per, per), call.heads).to(compute);
-      const auto kh = split_heads(k.narrow(0, c * per, per), call.heads).to(compute);
-      const double scale = 1.0 / std::sqrt(static_cast<double>(qh.size(-1)));
-      const auto probs = at::softmax(at::matmul(qh, kh.transpose(-1, -2)) * scale, -1);
-      const auto& index = token_index_on(q.device());
-      // [per, heads, N, T] -> head mean -> [per, T, H, W]
-      const auto maps = probs.index_select(-1, index).mean(1).transpose(1, 2).reshape(
-          {per, static_cast<int64_t>(token_indices_.size()), call.height, call.width});
+      // [per, N, tokens] -> [per, tokens, H, W]
+      const auto maps = token_attention_maps(q.narrow(0, c * per, per), k.narrow(0, c * per, per),
+                                             call.heads, token_index_on(q.device()), recompute_maps_)
+                            .transpose(1, 2)
+                            .reshape({per, static_cast<int64_t>(token_indices_.size()), call.height,
+                                      call.width});
       maps_[call.layer_key] = append_rows(maps_[call.layer_key], maps);
     }
     if (capture.features) {

@@ -94,6 +94,14 @@ def layout_loss(
     return _C.layout_loss(list(maps), list(templates), kernel_size, sigma, templates_smoothed)
 
 
+def token_attention_maps(q: torch.Tensor, k: torch.Tensor, heads: int, token_index: torch.Tensor,
+                         recompute_in_backward: bool = False) -> torch.Tensor:
+    """[B, N, K]: the head-averaged softmax attention of q [B, N, heads*dim] on k [B, T, heads*dim], columns
+    ``token_index`` (int64 [K]); float32 for reduced-precision inputs. Differentiable in q and k; with
+    ``recompute_in_backward`` the backward recomputes the probabilities instead of keeping them."""
+    return _C.token_attention_maps(q, k, heads, token_index, recompute_in_backward)
+
+
 def nearest_sigma(recorded: Sequence[float], requested: float, relative_tolerance: float = 0.05) -> SigmaMatch:
     """Nearest recorded sigma in log space; ValueError outside ``[min/(1+tol), max*(1+tol)]``."""
     return _C.nearest_sigma(list(recorded), requested, relative_tolerance)
@@ -121,6 +129,7 @@ __all__ = [
     "nearest_sigma",
     "resample_maps",
     "saliency_mask",
+    "token_attention_maps",
     "uremd",
     "uremd_with_argmin",
 ]

@@ -94,6 +94,14 @@ def layout_loss(maps, templates, kernel_size: int = 3, sigma: float = 0.5, templ
     return sum(terms) / len(terms)
 
 
+def token_attention_maps(q: torch.Tensor, k: torch.Tensor, heads: int, token_index: torch.Tensor) -> torch.Tensor:
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    split = lambda t: t.view(t.shape[0], t.shape[1], heads, -1).transpose(1, 2).to(compute)  # noqa: E731
+    qh, kh = split(q), split(k)
+    probs = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(qh.shape[-1]), dim=-1)
+    return probs[..., token_index].mean(1)
+
+
 def nearest_sigma(recorded, requested: float, relative_tolerance: float = 0.05) -> int:
     lo, hi = min(recorded), max(recorded)
     if not (lo / (1 + relative_tolerance) <= requested <= hi * (1 + relative_tolerance)):

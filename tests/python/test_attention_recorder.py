@@ -197,3 +197,18 @@ def test_reduced_precision_models_get_a_float32_softmax(ops, dtype):
     maps = recorder.maps()["output.1.0"]
     assert maps.dtype == torch.float32
     torch.testing.assert_close(maps.sum(1), torch.ones_like(maps.sum(1)), rtol=1e-6, atol=1e-6)
+
+
+def test_recomputing_maps_in_the_backward_changes_nothing_but_memory(ops):
+    """The split pass's recorder recomputes the attention probabilities in the backward: same maps, same
+    gradient to the latent."""
+    results = []
+    for recompute in (False, True):
+        model, recorder = make(ops, torch.float64)
+        recorder.recompute_maps = recompute
+        x = torch.randn(2, 4, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        ctx = torch.randn(2, CTX_TOKENS, CTX_DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        model(x, ctx, recorder_attend(recorder, [1, 0]))
+        loss = sum((maps**2).sum() for maps in recorder.maps().values())
+        results.append((loss.detach(), torch.autograd.grad(loss, x)[0]))
+    torch.testing.assert_close(results[0], results[1])

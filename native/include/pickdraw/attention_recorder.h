@@ -52,6 +52,10 @@ class AttentionRecorder {
   bool capture() const { return capture_; }
   // Whether a call made now would record.
   bool recording() const;
+  // Whether the maps' backward recomputes the attention probabilities instead of keeping them
+  // (less memory, more kernels; see token_attention_maps.h). Off by default.
+  void set_recompute_maps(bool recompute) { recompute_maps_ = recompute; }
+  bool recompute_maps() const { return recompute_maps_; }
 
   bool watches(const std::string& layer_key) const { return layers_.count(layer_key) != 0; }
   const std::map<std::string, LayerCapture>& layers() const { return layers_; }
@@ -72,6 +76,7 @@ class AttentionRecorder {
   std::map<std::string, LayerCapture> layers_;
   std::vector<int64_t> token_indices_;
   bool capture_ = false;
+  bool recompute_maps_ = false;
   std::map<std::string, at::Tensor> maps_;
   std::map<std::string, at::Tensor> features_;
   at::Tensor token_index_;  // token_indices_ as an int64 tensor on the device of the last call
