@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import types
 
 import pytest
@@ -147,6 +148,37 @@ def test_batched_and_split_guided_passes_give_the_same_sample_and_gradients(ops,
     for one, other in zip(results[True][1], results[False][1]):
         assert one["step"] == other["step"]
         assert one["total"] == pytest.approx(other["total"], rel=1e-4)
+
+
+def test_split_pass_recomputes_feed_forwards_and_puts_their_forward_back(host):
+    """The split pass keeps only the feed-forward blocks' inputs for the backward: the same gradient from less
+    kept memory, and afterwards every block has its own forward again (another pack's instance forward too)."""
+    import comfy.ldm.modules.attention
+
+    model = tiny_sd1_patcher().model
+    blocks = [m for m in model.diffusion_model.modules() if isinstance(m, comfy.ldm.modules.attention.FeedForward)]
+    other_pack = lambda x: type(blocks[0]).forward(blocks[0], x)  # noqa: E731
+    blocks[0].forward = other_pack
+    context = conditioning(1)[0][0]
+
+    def gradient_and_kept_bytes(recompute):
+        kept = {}
+
+        def pack(tensor):
+            kept[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            with host._feed_forwards_recomputed(model) if recompute else contextlib.nullcontext():
+                out = model.apply_model(x, torch.tensor([5.0]), c_crossattn=context)
+        return torch.autograd.grad(out.square().sum(), x)[0], sum(kept.values())
+
+    plain_gradient, plain_bytes = gradient_and_kept_bytes(False)
+    gradient, kept_bytes = gradient_and_kept_bytes(True)
+    torch.testing.assert_close(gradient, plain_gradient)
+    assert kept_bytes < 0.9 * plain_bytes, (kept_bytes, plain_bytes)
+    assert blocks[0].forward is other_pack and all("forward" not in b.__dict__ for b in blocks[1:])
 
 
 def test_guided_passes_follow_comfyuis_vram_mode_and_free_memory(host, monkeypatch, caplog):
