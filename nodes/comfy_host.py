@@ -254,8 +254,8 @@ def _batch_guided_pass(requested: bool | None, family: str, model, x, conds) -> 
 def _feed_forwards_recomputed(model):
     """While the block runs, the UNet's feed-forward blocks keep only their input for the backward and recompute
     the rest in it (activation checkpointing): their GEGLU activations are the largest share of what a guided
-    step keeps (26% at SD1.5 512 px, tests/benchmarks/guided_step_memory.py), and recomputing them adds three
-    kernels per block. The forward is swapped on the module instances and put back afterwards, so the model's
+    step keeps (26% of the split pass at SD1.5 512 px, tests/benchmarks/guided_step_memory.py), and recomputing
+    them adds one feed-forward per block (two projections, a GELU, a product) to the backward. The forward is swapped on the module instances and put back afterwards, so the model's
     structure, its weight names (LoRA keys) and other packs' patches are untouched; the backward may run after
     the block, as the recomputation holds the original forward."""
     blocks = [m for m in model.diffusion_model.modules() if isinstance(m, comfy.ldm.modules.attention.FeedForward)]
