@@ -390,10 +390,12 @@ def test_a_textual_inversion_embedding_is_found_as_the_subject(env, tmp_path):
         env.host.subject_tokens(clip, "a photo of a cat on a sofa", "embedding:my_cat")
 
 
-def test_guided_sampling_with_weights_cast_per_layer_as_in_lowvram(ops, env):
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "split"])
+def test_guided_sampling_with_weights_cast_per_layer_as_in_lowvram(ops, env, batched):
     """In lowvram/partial loading ComfyUI keeps weights offloaded and casts them in each layer's forward
     (comfy_cast_weights). On this CPU-only machine nothing is offloaded, but the per-layer cast path itself is
-    forced here, inside inference mode, for the template and the guided run."""
+    forced here, inside inference mode, for the template and the guided run, in both passes (the split one,
+    which low-VRAM modes choose, recomputes feed-forward blocks and so casts their weights again)."""
     import nodes as comfy_nodes
 
     host, clip = env.host, env.clip
@@ -407,7 +409,7 @@ def test_guided_sampling_with_weights_cast_per_layer_as_in_lowvram(ops, env):
             m.comfy_cast_weights = True
         template, _, _ = host.draw_layout_template(patcher, 3, 3, 7.5, "euler", "normal", positive, negative, latent)
         out, log = host.guided_sample(patcher, 3, 3, 7.5, "euler", "normal", positive, negative, latent, 1.0, None,
-                                      template, {"layout_end": 1.0}, 0.0)
+                                      template, {"layout_end": 1.0}, 0.0, batched=batched)
         (plain,) = comfy_nodes.common_ksampler(patcher, 3, 3, 7.5, "euler", "normal", positive, negative, latent)
     assert len(log) == 3
     torch.testing.assert_close(out["samples"], plain["samples"], rtol=1e-4, atol=1e-4)
