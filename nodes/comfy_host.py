@@ -176,6 +176,7 @@ class GuidanceRun:
         self.batched = batched  # None until the first guided step chooses
         self.gradient = None
         self.last_guided_step = None
+        self.feed_forwards = []  # the blocks the split pass recomputes in the backward (none in the batched pass)
         self._log: list[dict] = []
 
     @property
@@ -250,15 +251,19 @@ def _batch_guided_pass(requested: bool | None, family: str, model, x, conds) -> 
     return True
 
 
+def _feed_forward_blocks(model) -> list:
+    return [m for m in model.diffusion_model.modules() if isinstance(m, comfy.ldm.modules.attention.FeedForward)]
+
+
 @contextlib.contextmanager
-def _feed_forwards_recomputed(model):
+def _feed_forwards_recomputed(blocks):
     """While the block runs, the UNet's feed-forward blocks keep only their input for the backward and recompute
     the rest in it (activation checkpointing): their GEGLU activations are the largest share of what a guided
     step keeps (26% of the split pass at SD1.5 512 px, tests/benchmarks/guided_step_memory.py), and recomputing
     them adds one feed-forward per block (two projections, a GELU, a product) to the backward. The forward is swapped on the module instances and put back afterwards, so the model's
     structure, its weight names (LoRA keys) and other packs' patches are untouched; the backward may run after
-    the block, as the recomputation holds the original forward."""
-    blocks = [m for m in model.diffusion_model.modules() if isinstance(m, comfy.ldm.modules.attention.FeedForward)]
+    the block, as the recomputation holds the original forward. blocks: _feed_forward_blocks(model), found once
+    per run (the search walks the UNet's ~850 modules)."""
     previous = [block.__dict__.get("forward") for block in blocks]
     for block in blocks:
         original = block.forward
@@ -306,12 +311,13 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
                 _make_weights_differentiable(model)
                 run.batched = _batch_guided_pass(batched, family, model, x, conds)
                 recorder.recompute_maps = not run.batched  # the split pass is the one that saves memory
+                run.feed_forwards = [] if run.batched else _feed_forward_blocks(model)
             run.last_guided_step = step
             x_in = x.detach().clone().requires_grad_(True)
             recorder.clear()
             with_gradients = conds if run.batched else conds[:1]
             # the split pass is the one that saves memory: it recomputes the feed-forward activations too
-            with contextlib.nullcontext() if run.batched else _feed_forwards_recomputed(model):
+            with _feed_forwards_recomputed(run.feed_forwards):
                 outs = comfy.samplers.calc_cond_batch(model, with_gradients, x_in, sigma.detach().clone(), options)
             loss = engine.step_loss(recorder, palette, layout_template, sigma_value, step, steps)
             total = loss.total.sum()
