@@ -201,14 +201,15 @@ def load_graph(page, graph: dict) -> dict:
     return page.evaluate(_LOAD_GRAPH_JS, graph)
 
 
-def close_dialogs(page) -> None:
-    """Closes the open dialogs as a user does (Escape), so that the next check sees only its own."""
-    for _ in range(5):
-        if not page.locator(".p-dialog").count():
-            return
+def close_dialogs(page, timeout_s: float = 15.0) -> None:
+    """Closes the open dialogs as a user does (Escape), so that the next check sees only its own. A dialog
+    closes with an animation, which a loaded machine slows down: it presses Escape again every 250 ms."""
+    deadline = time.monotonic() + timeout_s
+    while page.locator(".p-dialog").count():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"dialogs stay open after {timeout_s:.0f} s: {page.locator('.p-dialog').all_inner_texts()}")
         page.keyboard.press("Escape")
-        page.wait_for_timeout(100)
-    raise AssertionError(f"dialogs stay open: {page.locator('.p-dialog').all_inner_texts()}")
+        page.wait_for_timeout(250)
 
 
 def set_widget_values(page, values: dict) -> int:
@@ -283,7 +284,7 @@ def queue_and_wait(page, timeout_s: float) -> dict:
     return page.evaluate(_QUEUE_AND_WAIT_JS, {"timeoutMs": int(timeout_s * 1000)})
 
 
-def shown_images(page, node_ids: list[int], timeout_s: float = 30.0) -> dict:
+def shown_images(page, node_ids: list[int], timeout_s: float = 90.0) -> dict:
     """{node id: [(width, height), ...]} of the images the given nodes display once all have loaded;
     fails (Playwright's TimeoutError) when some node shows no loaded image in time."""
     script = """(ids) => ids.every(id => {
