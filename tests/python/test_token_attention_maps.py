@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import nondet_tol
 
@@ -44,6 +46,25 @@ def test_all_tokens_sum_to_one(ops, device):
     q, k = _inputs(device, dtype=torch.float32)
     maps = ops.token_attention_maps(q, k, HEADS, torch.arange(k.shape[1], device=device))
     torch.testing.assert_close(maps.sum(-1), torch.ones(2, 12, device=device))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 20), st.integers(1, 9), st.sampled_from([1, 2, 4]), st.integers(0, 2**31 - 1))
+def test_maps_are_probabilities_and_both_backwards_agree(ops, batch, queries, tokens, heads, seed):
+    """Any shape: maps lie in [0, 1], all tokens' maps sum to one per query, and keeping or recomputing the
+    probabilities gives the same gradients."""
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, queries, heads * 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    k = torch.randn(batch, tokens, heads * 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    every = torch.arange(tokens)
+    maps = ops.token_attention_maps(q, k, heads, every)
+    assert maps.min() >= 0 and maps.max() <= 1
+    torch.testing.assert_close(maps.sum(-1), torch.ones(batch, queries, dtype=torch.float64))
+    chosen = torch.randint(0, tokens, (3,), generator=generator)
+    upstream = torch.randn(batch, queries, 3, dtype=torch.float64, generator=generator)
+    kept, recomputed = (torch.autograd.grad(ops.token_attention_maps(q, k, heads, chosen, r), (q, k), upstream)
+                        for r in (False, True))
+    torch.testing.assert_close(kept, recomputed)
 
 
 @pytest.mark.parametrize("recompute", [False, True], ids=["keep", "recompute"])
