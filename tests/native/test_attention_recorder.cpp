@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include "test_utils.h"
 
@@ -67,6 +68,27 @@ TEST(AttentionRecorder, RejectsInconsistentCalls) {
   EXPECT_THROW(recorder.cross_attention(q, k, k, {"output.3.0", 3, {1, 0, 0}, 4, 4}), c10::Error);
   EXPECT_THROW(pickdraw::AttentionRecorder({{"a", {false, false}}}, {1}), c10::Error);
   EXPECT_THROW(pickdraw::AttentionRecorder({{"a", {true, false}}}, {}), c10::Error);
+}
+
+TEST(AttentionRecorder, RecomputedMapsGiveTheSameMapsAndGradients) {
+  pickdraw::testing::seed_for_test();
+  const auto q = at::randn({2, 6, kHeads * kDim}, at::kDouble).requires_grad_();
+  const auto k = at::randn({2, kTokens, kHeads * kDim}, at::kDouble).requires_grad_();
+  const auto v = at::randn({2, kTokens, kHeads * kDim}, at::kDouble);
+  std::vector<at::Tensor> maps, grads;
+  for (const bool recompute : {false, true}) {
+    auto recorder = make_recorder();
+    recorder.set_recompute_maps(recompute);
+    EXPECT_EQ(recorder.recompute_maps(), recompute);
+    recorder.cross_attention(q, k, v, {"output.3.0", kHeads, {1, 0}, 2, 3});
+    const auto recorded = recorder.maps().at("output.3.0");
+    maps.push_back(recorded.detach());
+    const auto g = torch::autograd::grad({recorded.pow(2).sum()}, {q, k});
+    grads.push_back(at::cat({g[0].flatten(), g[1].flatten()}));
+  }
+  EXPECT_TRUE(at::allclose(maps[0], maps[1]));
+  EXPECT_TRUE(at::allclose(grads[0], grads[1]));
+  EXPECT_GT(grads[0].abs().max().item<double>(), 0.0);
 }
 
 }  // namespace
