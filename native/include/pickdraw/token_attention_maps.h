@@ -6,7 +6,7 @@
 // attention_basic). Two ways to the same values and gradients:
 // - keep the probabilities for the backward (autograd over the explicit ops): the fewest kernels;
 // - recompute them in the backward from q and k, which the layer's fused attention keeps for its own
-//   backward anyway: the probabilities ([B, heads, N, T] in float32, 10 MiB per conditional row at
+//   backward anyway: the probabilities ([B, heads, N, T] in float32, 9.6 MiB per conditional row at
 //   SD1.5's 64 x 64 layers) are the largest tensor a watched layer adds to a guided step's memory,
 //   and dropping them costs about 17 more ops per layer in the backward.
 #include <ATen/core/Tensor.h>
