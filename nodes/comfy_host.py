@@ -174,7 +174,8 @@ class GuidanceRun:
     def __init__(self, strength: float, batched: bool | None):
         self.strength = float(strength)
         self.batched = batched  # None until the first guided step chooses
-        self.gradient = None
+        self.gradient = None  # the unit guidance direction of the current step, or None when it is not guided
+        self.skipped_steps = []  # guided steps whose gradient was not finite
         self.last_guided_step = None
         self.feed_forwards = []  # the blocks the split pass recomputes in the backward (none in the batched pass)
         self._log: list[dict] = []
@@ -284,8 +285,8 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
 
     On a guided step the model runs with gradients (recording maps and features of the conditional rows
     only), the energy's gradient to the latent is taken, and the same outputs, detached, are the predictions
-    for ComfyUI's own CFG. After CFG the denoised estimate moves by -strength * sigma^2 * gradient
-    (self-guidance in k-diffusion's sigma space). batched: conditional and unconditional rows in one pass
+    for ComfyUI's own CFG. After CFG the denoised estimate moves against the energy's gradient (self-guidance in
+    k-diffusion's sigma space) by a dimensionless strength: see guidance_direction and guidance_displacement. batched: conditional and unconditional rows in one pass
     with gradients (True), the unconditional rows apart without gradients (False), or chosen at the first
     guided step of each run from ComfyUI's VRAM mode and free memory (None).
     """
@@ -320,17 +321,25 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
             with _feed_forwards_recomputed(run.feed_forwards):
                 outs = comfy.samplers.calc_cond_batch(model, with_gradients, x_in, sigma.detach().clone(), options)
             loss = engine.step_loss(recorder, palette, layout_template, sigma_value, step, steps)
-            total = loss.total.sum()
-            gradient = torch.autograd.grad(total, x_in)[0] if total.requires_grad else torch.zeros_like(x_in)
+            terms = []
+            if loss.appearance_on:
+                terms.append(("appearance", engine.config.appearance_weight, loss.appearance))
+            if loss.layout_on:
+                terms.append(("layout", engine.config.layout_weight, loss.layout))
+            direction, raw_rms = guidance_direction(terms, x_in)
             recorder.clear()
             outs = [out.detach() if out is not None else None for out in outs]
-        run.gradient = gradient.detach()
+        finite = bool(torch.isfinite(direction).all())
+        run.gradient = direction.detach() if finite else None
+        if not finite:
+            run.skipped_steps.append(step)
+            logger.warning("Pick-and-Draw: the guidance gradient of step %d is not finite; that step is not guided", step)
         run._log.append({
-            "step": step, "sigma": sigma_value, "total": total.detach(),
+            "step": step, "sigma": sigma_value, "total": loss.total.detach().sum(),
             "appearance": loss.appearance.detach().sum() if loss.appearance_on else None,
             "layout": loss.layout.detach().sum() if loss.layout_on else None,
             "mask_pixels": dict(loss.mask_pixels), "palette_sigma_index": loss.palette_sigma_index,
-            "gradient_rms": run.gradient.float().pow(2).mean().sqrt(),  # sizes the strength (see the evidence report)
+            **{f"{name}_gradient_rms": value for name, value in raw_rms.items()},
         })
         if not run.batched:
             with torch.no_grad():
@@ -341,12 +350,58 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
         denoised = args["denoised"]
         if run.gradient is None or run.strength == 0.0:
             return denoised
-        sigma = args["sigma"].to(denoised).view(-1, *([1] * (denoised.ndim - 1)))
-        return denoised - run.strength * sigma**2 * run.gradient.to(denoised)
+        return denoised - guidance_displacement(run.strength, args["input"], denoised, run.gradient)
 
     patched.set_model_sampler_calc_cond_batch_function(calc_cond_batch)
     patched.set_model_sampler_post_cfg_function(post_cfg)
     return patched, run
+
+
+# Loss scaling before the backward: each term is divided by its own value and multiplied by this, so the backward
+# carries numbers of this size whatever the model's energy scale (float16 gradients of a raw UREMD underflow);
+# the normalisation after the backward removes the scale.
+_LOSS_SCALE = 1024.0
+# Per-sample elementwise clip of a term's gradient, in units of its RMS, before normalising: a few latent pixels
+# with outsized gradients would otherwise take the whole displacement.
+_GRADIENT_CLIP_RMS = 4.0
+
+
+def unit_direction(gradient: torch.Tensor) -> torch.Tensor:
+    """The gradient clipped elementwise at _GRADIENT_CLIP_RMS times its RMS and scaled to unit RMS, per sample
+    (a sample whose gradient is zero stays zero)."""
+    flat = gradient.float().flatten(1)
+    rms = flat.pow(2).mean(1, keepdim=True).sqrt()
+    bound = _GRADIENT_CLIP_RMS * rms
+    clipped = torch.maximum(torch.minimum(flat, bound), -bound)
+    clipped_rms = clipped.pow(2).mean(1, keepdim=True).sqrt()
+    return torch.where(clipped_rms > 0, clipped / clipped_rms.clamp_min(1e-30), torch.zeros_like(clipped)).view_as(gradient)
+
+
+def guidance_direction(terms, x_in: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The guidance direction (unit RMS per sample, float32): the weighted mean of each term's unit direction, scaled
+    back to unit RMS, so a weight is that term's share whatever the terms' energy scales. terms: (name, weight, per-sample energy [B]).
+    Returns (direction, {name: RMS of that term's raw gradient, summed over samples}) for the step log."""
+    active = [(name, weight, energy) for name, weight, energy in terms if weight > 0 and energy.requires_grad]
+    direction = torch.zeros(x_in.shape, dtype=torch.float32, device=x_in.device)
+    raw_rms = {}
+    weight_sum = sum(weight for _, weight, _ in active)
+    for index, (name, weight, energy) in enumerate(active):
+        scale = _LOSS_SCALE / energy.detach().float().abs().clamp_min(1e-12)
+        scaled = torch.autograd.grad((energy * scale.to(energy.dtype)).sum(), x_in, retain_graph=index < len(active) - 1)[0]
+        raw_rms[name] = (scaled.float().flatten(1).pow(2).mean(1).sqrt() / scale).sum()
+        direction += (weight / weight_sum) * unit_direction(scaled)
+    # the weighted mean of unit directions is shorter where the terms disagree: back to unit RMS, so that the
+    # strength alone sets the step's size
+    rms = direction.flatten(1).pow(2).mean(1).sqrt().view(-1, *([1] * (direction.ndim - 1)))
+    return torch.where(rms > 0, direction / rms.clamp_min(1e-30), direction), raw_rms
+
+
+def guidance_displacement(strength: float, x: torch.Tensor, denoised: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """How far the guidance moves the denoised estimate: strength times the RMS of the sampler's own update at this
+    sigma (x - denoised, the noise it removes) along the unit-RMS direction, per sample. Strength 1 moves the
+    prediction as far as the step's whole noise estimate, on any model, dtype or schedule."""
+    update_rms = (x - denoised).float().flatten(1).pow(2).mean(1).sqrt().view(-1, *([1] * (x.ndim - 1)))
+    return (strength * update_rms * direction.to(update_rms.device)).to(denoised.dtype)
 
 
 def capture_each_step(model_patcher, engine, on_step):
@@ -446,6 +501,24 @@ def _check_store(store, family: str, table, what: str) -> list[str]:
     return list(store.metadata.layer_keys)
 
 
+# What the appearance layers record as features (see AttentionRecorder.feature_source): image features, the
+# query projection of the hidden states each cross-attention layer reads.
+PALETTE_FEATURE_SOURCE = "attn2_query"
+
+
+def _palette_mask_settings(palette) -> dict:
+    """The palette's subject-mask settings, which the guided run reuses so that the generated subject is masked
+    as the reference was; palettes that recorded the attention output are refused."""
+    source = palette.metadata.feature_source
+    if source != PALETTE_FEATURE_SOURCE:
+        raise ValueError(f"this palette recorded '{source}' features, which carry the prompt rather than the image: "
+                         "pick it again with Pick Palette from this version of the pack")
+    extra = palette.metadata.extra
+    layers = [key for key in extra.get("mask_layers", "").split(",") if key]
+    return {"mask_layers": layers or list(palette.metadata.layer_keys), "tau": float(palette.metadata.tau),
+            "min_mask_pixels": int(extra.get("min_mask_pixels", "4"))}
+
+
 def _guidance_engine(model_patcher, positive, palette, layout_template, weights: dict):
     """The engine for a guided run: layers from the connected stores (checked against this MODEL), tokens from
     the positive conditioning, weights as given; a term without its store is off."""
@@ -458,6 +531,9 @@ def _guidance_engine(model_patcher, positive, palette, layout_template, weights:
     for name, value in weights.items():
         setattr(config, name, value)
     config.appearance_layers = _check_store(palette, family, table, "palette") if palette is not None else []
+    if palette is not None:
+        for name, value in _palette_mask_settings(palette).items():
+            setattr(config, name, value)
     config.layout_layers = _check_store(layout_template, family, table, "layout template") if layout_template is not None else []
     if palette is None:
         config.appearance_weight = 0.0
@@ -564,14 +640,18 @@ def draw_layout_template(model_patcher, seed, steps, cfg, sampler_name, schedule
 @torch.no_grad()
 def _invert(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """Deterministic inversion along ascending sigmas: Euler in sigma space with the model's own prediction,
-    which with cfg 1 is DDIM inversion. The model is evaluated at the next noise level with the current latent
-    (the usual DDIM-inversion approximation), so each level costs one model call."""
+    which with cfg 1 is DDIM inversion. The model is evaluated on the latent *at* each level, so what a capture
+    pass records at sigma_i comes from the inverted latent at sigma_i; that evaluation's noise estimate then
+    carries the latent to the next level. The first level needs one extra evaluation (on the clean latent, at
+    the first sigma) to get there: a capture pass ignores its first call."""
     extra_args = extra_args or {}
     s_in = x.new_ones([x.shape[0]])
+    noise = (x - model(x, sigmas[0] * s_in, **extra_args)) / sigmas[0]
     previous = 0.0
     for i, sigma in enumerate(sigmas):
+        x = x + (sigma - previous) * noise
         denoised = model(x, sigma * s_in, **extra_args)
-        x = x + (sigma - previous) * (x - denoised) / sigma
+        noise = (x - denoised) / sigma
         previous = sigma
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
@@ -590,15 +670,20 @@ def pick_palette(model_patcher, vae, image, positive, steps, scheduler, mask=Non
                          "(resize or crop it)")
     if image.shape[0] != 1:
         raise ValueError(f"give one reference image, got a batch of {image.shape[0]}")
+    appearance_layers = layer_table(model_patcher).default_appearance_layers()
     family, subject, config, engine = _recording_setup(
-        model_patcher, positive, appearance_layers=layer_table(model_patcher).default_appearance_layers(),
+        model_patcher, positive, appearance_layers=appearance_layers, mask_layers=appearance_layers,
         tau=tau, min_mask_pixels=min_pixels)
     latent = vae.encode(image[..., :3])
     schedule = comfy.samplers.calculate_sigmas(model_patcher.get_model_object("model_sampling"), scheduler, steps)
     ascending = schedule[schedule > 0].flip(0)
     recorded = []  # (sigma, {layer: features}, token map, mask)
+    calls = []
 
     def on_step(step, steps_total, sigma, recorder):
+        calls.append(sigma)
+        if len(calls) == 1:  # _invert's first call, on the clean latent, only finds the way to the first level
+            return
         entries, masks = {}, {}
         for layer in config.appearance_layers:
             features = recorder.features()[layer][0].detach().clone()  # the one conditional row
@@ -628,9 +713,10 @@ def pick_palette(model_patcher, vae, image, positive, steps, scheduler, mask=Non
     comfy.sample.sample_custom(capturing, torch.zeros_like(latent), 1.0, sampler, ascending, positive, positive, latent,
                                callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)
     palette = ops.Palette(_store_metadata(
-        family, config.appearance_layers, subject, [sigma for sigma, _, _, _ in recorded], "attn2_output",
+        family, config.appearance_layers, subject, [sigma for sigma, _, _, _ in recorded], PALETTE_FEATURE_SOURCE,
         image.shape[1], image.shape[2],
-        {"steps": str(int(steps)), "scheduler": scheduler, "mask": "user" if mask is not None else "saliency"}, tau))
+        {"steps": str(int(steps)), "scheduler": scheduler, "mask": "user" if mask is not None else "saliency",
+         "mask_layers": ",".join(config.mask_layers), "min_mask_pixels": str(int(min_pixels))}, tau))
     for index, (_, entries, _, _) in enumerate(recorded):
         for layer, features in entries.items():
             palette.set(index, layer, features)

@@ -8,19 +8,29 @@ from . import comfy_host
 from .types import LayoutTemplate, Palette, ksampler_inputs
 
 
+# Chosen on the toy world's identity / prompt-fidelity front (tests/evaluation/toy_world/README.md).
+DEFAULT_STRENGTH = 0.3
+
+
 def _guidance_inputs() -> list:
     """The stores and knobs shared by the guided sampler and the guider."""
     return [
         Palette.Input("palette", optional=True, tooltip="Appearance to pick from; leave empty for layout only."),
         LayoutTemplate.Input("layout_template", optional=True, tooltip="Layout to draw towards; leave empty for appearance only."),
-        io.Float.Input("appearance_weight", default=1.0, min=0.0, max=100.0, step=0.05),
-        io.Float.Input("layout_weight", default=1.0, min=0.0, max=100.0, step=0.05),
+        io.Float.Input("appearance_weight", default=1.0, min=0.0, max=100.0, step=0.05,
+                       tooltip="Share of the appearance term in the guidance direction (the weights are normalised: "
+                               "1 and 1 is half each; 0 turns the term off)."),
+        io.Float.Input("layout_weight", default=1.0, min=0.0, max=100.0, step=0.05,
+                       tooltip="Share of the layout term in the guidance direction (the weights are normalised: "
+                               "1 and 1 is half each; 0 turns the term off)."),
         io.Float.Input("appearance_end", default=0.8, min=0.0, max=1.0, step=0.01,
                        tooltip="Fraction of the steps during which the appearance term is on."),
         io.Float.Input("layout_end", default=0.5, min=0.0, max=1.0, step=0.01,
                        tooltip="Fraction of the steps during which the layout term is on."),
-        io.Float.Input("strength", default=1.0, min=0.0, max=1e6, step=0.1,
-                       tooltip="Guidance strength v: the denoised estimate moves by -v * sigma^2 * gradient."),
+        io.Float.Input("strength", default=DEFAULT_STRENGTH, min=0.0, max=10.0, step=0.05,
+                       tooltip="How far each guided step moves the prediction, relative to the sampler's own update at "
+                               "that step: 1.0 moves it as far as the whole noise estimate of the step, 0 is a plain "
+                               "KSampler. Useful range about 0.1-1; the same value means the same on every model."),
     ]
 
 

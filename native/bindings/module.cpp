@@ -295,6 +295,14 @@ features(): {layer: [Bc, N, heads*dim]} attention outputs of the conditional row
                     "Force recording without gradients (palette and template capture passes).")
       .def_property("recompute_maps", &AttentionRecorder::recompute_maps, &AttentionRecorder::set_recompute_maps,
                     "Maps' backward recomputes the attention probabilities instead of keeping them (less memory).")
+      .def_property(
+          "feature_source",
+          [](const AttentionRecorder& r) { return std::string(feature_source_name(r.feature_source())); },
+          guarded(+[](AttentionRecorder& r, const std::string& name) {
+            r.set_feature_source(feature_source_from_name(name));
+          }),
+          "what the appearance layers record as features: 'attn2_query' (the query projection of the image "
+          "hidden states, default) or 'attn2_output' (the attention output, which carries little appearance)")
       .def_property_readonly("recording", &AttentionRecorder::recording)
       .def("watches", &AttentionRecorder::watches, py::arg("layer_key"))
       .def_property_readonly("token_indices", &AttentionRecorder::token_indices)
@@ -308,6 +316,7 @@ features(): {layer: [Bc, N, heads*dim]} attention outputs of the conditional row
       .def_readwrite("appearance_layers", &GuidanceConfig::appearance_layers)
       .def_readwrite("layout_layers", &GuidanceConfig::layout_layers)
       .def_readwrite("token_indices", &GuidanceConfig::token_indices)
+      .def_readwrite("mask_layers", &GuidanceConfig::mask_layers)
       .def_readwrite("appearance_weight", &GuidanceConfig::appearance_weight)
       .def_readwrite("layout_weight", &GuidanceConfig::layout_weight)
       .def_readwrite("appearance_start", &GuidanceConfig::appearance_start)

@@ -32,6 +32,23 @@ at::Tensor append_rows(const at::Tensor& existing, const at::Tensor& rows) {
 
 }  // namespace
 
+const char* feature_source_name(FeatureSource source) {
+  switch (source) {
+    case FeatureSource::kQuery:
+      return "attn2_query";
+    case FeatureSource::kAttentionOutput:
+      return "attn2_output";
+  }
+  return "unknown";
+}
+
+FeatureSource feature_source_from_name(const std::string& name) {
+  if (name == "attn2_query") return FeatureSource::kQuery;
+  TORCH_CHECK_VALUE(name == "attn2_output", "unknown feature source '", name,
+                    "'; known: attn2_query, attn2_output");
+  return FeatureSource::kAttentionOutput;
+}
+
 AttentionRecorder::AttentionRecorder(std::map<std::string, LayerCapture> layers,
                                      std::vector<int64_t> token_indices)
     : layers_(std::move(layers)), token_indices_(std::move(token_indices)) {
@@ -87,8 +104,8 @@ at::Tensor AttentionRecorder::cross_attention(const at::Tensor& q, const at::Ten
   }
 
   // The output of every row comes from the fused attention, as on an unwatched layer: its backward is one
-  // kernel, and the features of the conditional rows are slices of it. Only the maps need the attention
-  // probabilities themselves, and only for the conditional rows: those are computed explicitly.
+  // kernel. Only the maps need the attention probabilities themselves, and only for the conditional rows:
+  // those are computed explicitly.
   const auto out = fast_attention(q, k, v, call.heads);
   const int64_t per = B / chunks;
   for (int64_t c = 0; c < chunks; ++c) {
@@ -103,7 +120,8 @@ at::Tensor AttentionRecorder::cross_attention(const at::Tensor& q, const at::Ten
       maps_[call.layer_key] = append_rows(maps_[call.layer_key], maps);
     }
     if (capture.features) {
-      features_[call.layer_key] = append_rows(features_[call.layer_key], out.narrow(0, c * per, per));
+      const auto& source = feature_source_ == FeatureSource::kQuery ? q : out;
+      features_[call.layer_key] = append_rows(features_[call.layer_key], source.narrow(0, c * per, per));
     }
   }
   return out;

@@ -69,6 +69,7 @@ bool GuidanceEngine::layout_active(int64_t step, int64_t steps) const {
 std::map<std::string, LayerCapture> GuidanceEngine::recorder_layers() const {
   std::map<std::string, LayerCapture> layers;
   for (const auto& l : config_.layout_layers) layers[l].maps = true;
+  for (const auto& l : config_.mask_layers) layers[l].maps = true;
   for (const auto& l : config_.appearance_layers) {
     layers[l].maps = true;
     layers[l].features = true;
@@ -76,11 +77,18 @@ std::map<std::string, LayerCapture> GuidanceEngine::recorder_layers() const {
   return layers;
 }
 
+const std::vector<std::string>& GuidanceEngine::effective_mask_layers() const {
+  return config_.mask_layers.empty() ? config_.appearance_layers : config_.mask_layers;
+}
+
 at::Tensor GuidanceEngine::subject_mask(const AttentionRecorder& recorder, int64_t height,
                                         int64_t width) const {
-  TORCH_CHECK(!recorder.maps().empty(), "no attention maps were recorded in this step");
+  const auto& layers = effective_mask_layers();
+  TORCH_CHECK_VALUE(!layers.empty(), "the subject mask needs mask layers or appearance layers");
   std::vector<at::Tensor> token_averaged;
-  for (const auto& [layer, maps] : recorder.maps()) token_averaged.push_back(maps.detach().mean(1));
+  for (const auto& layer : layers) {
+    token_averaged.push_back(capture_of(recorder.maps(), layer, "maps").detach().mean(1));
+  }
   const auto averaged = average_token_maps(token_averaged, {height, width});
   const auto mask = saliency_mask(averaged, config_.tau, config_.min_mask_pixels,
                                   std::array<int64_t, 2>{height, width});

@@ -10,12 +10,10 @@ sigma scaling, conditional rows, mask direction, template step alignment), not i
 
 As in the method's use, the layout template is the vanilla run of one prompt (the class noun) and the
 guided run samples another prompt (the personalised one) with the same seed and schedule; the palette
-comes from inverting a reference image. A random model's energy gradients have no natural scale, and the
-two terms' scales differ by orders of magnitude, so for each seed the unguided runs (strength 0) give the
-baseline and each term's step-0 gradient; the weights (at most 1) equalise the two gradients, and the
-strength is swept in units that move the step-0 denoised estimate by an RMS of one latent unit per term
-(unit = 1 / (sigma_0^2 * rms of the weighted step-0 gradient)). Each strength of the sweep runs with both
-terms, appearance only and layout only.
+comes from inverting a reference image. The strength is dimensionless (each guided step moves the prediction
+by strength times the step's own update, each term's weight being its share of the direction), so the sweep is
+in steps of --strength-unit whatever the model; the unguided runs (strength 0) give the baseline. Each
+strength of the sweep runs with both terms, appearance only and layout only.
 The final step's energies (UREMD to the palette, layout loss to the template) are read from the guided
 run's own log. Claims checked (and printed PASS/FAIL):
   1. the template's own run (template prompt, same seed, strength 0) reproduces its layout: loss < 1e-5;
@@ -80,17 +78,10 @@ def run_seed(host, comfy_env, patcher, family, side, context_dim, seed, args) ->
         return log
 
     own = final_energies(guided(positive_template, "both", 0.0))
-    # Strength 0 moves nothing, so these two runs are the unguided baseline; they also give each term's
-    # step-0 gradient on its own, which sets the weights.
+    # Strength 0 moves nothing, so this run is the unguided baseline.
     baseline_log = guided(positive_run, "appearance_only", 0.0)
-    layout_log = guided(positive_run, "layout_only", 0.0)
-    sigma_0 = baseline_log[0]["sigma"]
-    # Weights of at most 1 (a large weight overflows a float16 model's loss) that equalise the terms'
-    # step-0 gradients; the strength then carries the scale, applied to the gradient in float32.
-    rms = (baseline_log[0]["gradient_rms"], layout_log[0]["gradient_rms"])
-    common = min(rms)
-    balance = (common / rms[0], common / rms[1])
-    unit = 1.0 / (sigma_0**2 * common)
+    balance = (1.0, 1.0)  # the direction weighs each term's unit direction by its share
+    unit = args.strength_unit
     sweep = {mode: [] for mode in MODES}
     for multiplier in args.multipliers:
         for mode in MODES:
@@ -164,6 +155,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cfg", type=float, default=7.5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--multipliers", type=float, nargs="+", default=[0, 1, 2, 4])
+    parser.add_argument("--strength-unit", type=float, default=0.1, help="strength of multiplier 1")
     parser.add_argument("--cross-tolerance", type=float, default=0.05)
     parser.add_argument("--out", default="guidance_evidence")
     args = parser.parse_args(argv)

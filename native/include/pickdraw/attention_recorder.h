@@ -4,8 +4,12 @@
 // attention would, and keeps what the guidance terms read:
 //   maps      the subject tokens' attention probabilities of the conditional rows, head-averaged,
 //             [Bc, T, H, W] (T = number of recorded token indices)
-//   features  the attention output of the conditional rows, [Bc, N, heads * dim]
-// The output always comes from scaled_dot_product_attention (the features are slices of it). The
+//   features  image features of the conditional rows, [Bc, N, heads * dim]: by default the layer's
+//             query projection of the image hidden states (FeatureSource::kQuery). The attention
+//             output is a convex mix of the prompt's value vectors, the same wherever a generated and
+//             a reference subject attend to the same words, so it carries almost no appearance; it
+//             stays selectable (kAttentionOutput) only to measure that.
+// The output always comes from scaled_dot_product_attention. The
 // conditional rows' probabilities are computed explicitly (softmax in float32 for reduced-precision
 // models, as ComfyUI's attention_basic does) only when something is recorded: while gradients are
 // being taken or when a capture pass asks for it. Otherwise the call is a pass-through.
@@ -18,6 +22,17 @@
 #include <vector>
 
 namespace pickdraw {
+
+// Which per-token tensor of a watched layer the appearance features are.
+enum class FeatureSource {
+  kQuery,            // "attn2_query": to_q of the image hidden states the layer reads
+  kAttentionOutput,  // "attn2_output": softmax(q k^T) v, before the output projection
+};
+
+// The name a palette's metadata records for a source, and back (std::invalid_argument naming the
+// known sources for an unknown name).
+const char* feature_source_name(FeatureSource source);
+FeatureSource feature_source_from_name(const std::string& name);
 
 // What to keep from one watched layer.
 struct LayerCapture {
@@ -56,6 +71,8 @@ class AttentionRecorder {
   // (less memory, more kernels; see token_attention_maps.h). Off by default.
   void set_recompute_maps(bool recompute) { recompute_maps_ = recompute; }
   bool recompute_maps() const { return recompute_maps_; }
+  void set_feature_source(FeatureSource source) { feature_source_ = source; }
+  FeatureSource feature_source() const { return feature_source_; }
 
   bool watches(const std::string& layer_key) const { return layers_.count(layer_key) != 0; }
   const std::map<std::string, LayerCapture>& layers() const { return layers_; }
@@ -77,6 +94,7 @@ class AttentionRecorder {
   std::vector<int64_t> token_indices_;
   bool capture_ = false;
   bool recompute_maps_ = false;
+  FeatureSource feature_source_ = FeatureSource::kQuery;
   std::map<std::string, at::Tensor> maps_;
   std::map<std::string, at::Tensor> features_;
   at::Tensor token_index_;  // token_indices_ as an int64 tensor on the device of the last call

@@ -6,7 +6,9 @@
 //   L_app = mean over appearance layers of UREMD(features inside the subject mask, palette)
 //   L_lay = mean over layout layers of ||S(A) - S(T)||_F   (layout_loss.h)
 // The subject mask of a layer is the saliency mask (saliency_mask.h) of the token maps averaged
-// over every recorded map layer, resampled to that layer's resolution.
+// over the mask layers (by default the appearance layers), resampled to that layer's resolution.
+// The palette records its mask layers, so that a guided run masks the generated subject exactly
+// as the reference subject was masked.
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -23,6 +25,8 @@ struct GuidanceConfig {
   std::vector<std::string> appearance_layers;  // features compared with the palette
   std::vector<std::string> layout_layers;      // maps compared with the template
   std::vector<int64_t> token_indices;          // subject tokens in the prompt
+  std::vector<std::string> mask_layers;        // maps averaged into the subject mask; empty: the
+                                               // appearance layers
   double appearance_weight = 1.0;
   double layout_weight = 1.0;
   // Step windows as fractions of the sampling steps: a term is on at step i of n when
@@ -80,7 +84,9 @@ class GuidanceEngine {
   void record_template_entry(const AttentionRecorder& recorder, LayoutTemplate& layout_template,
                              size_t sigma_index) const;
 
-  // Subject mask [Bc, N] (0/1) for a layer of height x width tokens, from all recorded maps.
+  // The layers whose maps make the subject mask (mask_layers, or the appearance layers).
+  const std::vector<std::string>& effective_mask_layers() const;
+  // Subject mask [Bc, N] (0/1) for a layer of height x width tokens, from the mask layers' maps.
   at::Tensor subject_mask(const AttentionRecorder& recorder, int64_t height, int64_t width) const;
 
  private:
