@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
 """The example pipeline, headless: reference image -> palette, vanilla run -> layout template, guided sample.
 
+    COMFYUI_PATH=/path/to/ComfyUI python tests/example_pipeline.py
+
+With no --checkpoint it runs on the toy world the pack ships (its trained model, the personalised "sks ball"
+LoRA and the ball's reference picture): for each of four prompts it writes grid_<prompt>.png, one row per seed
+(reference | vanilla template | LoRA unguided | Pick-and-Draw), the previews of the palette's mask and of the
+template's subject map, and metrics.json with the judge's scores of every picture.
+
+On your own model:
+
     COMFYUI_PATH=/path/to/ComfyUI python tests/example_pipeline.py \\
         --checkpoint /path/to/v1-5-pruned-emaonly.safetensors --image dog.png \\
         --prompt "a dog wearing a red hat on the beach" --subject dog --out pick_and_draw_out
 
-It writes grid.png (template | unguided | guided, same seed), the previews (mask over the reference, token
-map, template subject map) and palette.safetensors / layout_template.safetensors. Without --checkpoint it runs
-on a tiny SD1.x-shaped model with random weights (and a random reference image without --image): the pictures
-then only prove that the pipeline runs, not what the method does. For a DreamBooth/LoRA subject pass
+writes grid.png (template | unguided | guided, same seed), the previews (mask over the reference, token map,
+template subject map) and palette.safetensors / layout_template.safetensors. For a DreamBooth/LoRA subject pass
 --personalised-checkpoint and --personalised-subject ("sks dog"): the palette and the guided run use it, the
 template uses the vanilla --checkpoint.
 """
@@ -16,7 +23,7 @@ template uses the vanilla --checkpoint.
 from __future__ import annotations
 
 import argparse
-import os
+import importlib
 import sys
 from pathlib import Path
 
@@ -35,7 +42,7 @@ def _save_png(image: torch.Tensor, path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", help="vanilla SD1.x/SD2.x/SDXL checkpoint file; omitted: a tiny random model")
+    parser.add_argument("--checkpoint", help="vanilla SD1.x/SD2.x/SDXL checkpoint file; omitted: the toy world")
     parser.add_argument("--personalised-checkpoint", help="DreamBooth checkpoint for the palette and the guided run")
     parser.add_argument("--personalised-subject", help="the subject as the personalised prompt names it, e.g. 'sks dog'")
     parser.add_argument("--image", help="reference image of the subject")
@@ -47,7 +54,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=7.5)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--strength", type=float, default=1.0)
+    parser.add_argument("--strength", type=float, default=None, help="guidance strength (default: the nodes' default)")
+    parser.add_argument("--seeds", type=int, default=4, help="toy world: seeds per prompt")
     parser.add_argument("--out", default="pick_and_draw_out")
     args = parser.parse_args()
 
@@ -58,22 +66,15 @@ def main() -> int:
     except BaseException as exc:  # pytest.skip raises an exception of its own
         print(f"ComfyUI is needed: {exc}", file=sys.stderr)
         return 2
-    import importlib
-
     from conftest import PACK_NAME
 
-    ops = importlib.import_module(f"{PACK_NAME}.nodes.ops")
     import comfy.sd
 
-    tiny = args.checkpoint is None
-    if tiny:
-        print("No --checkpoint: using a tiny random SD1.x-shaped model. The images only prove that the pipeline runs.")
-        model, clip, vae = comfy_env.sharpen_cross_attention(comfy_env.tiny_sd1_patcher()), comfy_env.tiny_clip(), comfy_env.PoolingVae()
-        args.size, args.steps = min(args.size, 128), min(args.steps, 6)
-        strength = args.strength if args.strength != 1.0 else 1e4
-    else:
-        model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(args.checkpoint, output_vae=True, output_clip=True)
-        strength = args.strength
+    strength = args.strength if args.strength is not None else importlib.import_module(
+        f"{PACK_NAME}.nodes.guidance_nodes").DEFAULT_STRENGTH
+    if args.checkpoint is None:
+        return toy_world_job(Path(args.out), args.seeds, strength, args.steps)
+    model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(args.checkpoint, output_vae=True, output_clip=True)
     personal_model, personal_clip, personal_subject = model, clip, args.subject
     if args.personalised_checkpoint:
         personal_model, personal_clip, _, *_ = comfy.sd.load_checkpoint_guess_config(args.personalised_checkpoint)
@@ -88,7 +89,8 @@ def main() -> int:
         picture = Image.open(args.image).convert("RGB").resize((args.size, args.size))
         reference = torch.from_numpy(__import__("numpy").asarray(picture)).float().div(255).unsqueeze(0)
     else:
-        reference = torch.rand(1, args.size, args.size, 3, generator=torch.Generator().manual_seed(0))
+        print("--image is needed with --checkpoint: a reference picture of the subject", file=sys.stderr)
+        return 2
     personal_prompt = args.prompt.replace(args.subject, personal_subject) if personal_subject != args.subject else args.prompt
     reference_prompt = args.reference_prompt.replace(args.subject, personal_subject)
     positive = subject_prompt(personal_clip, personal_prompt, personal_subject)
@@ -110,19 +112,73 @@ def main() -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    decode = vae.decode if not tiny else (lambda s: torch.nn.functional.interpolate(s[:, :3], scale_factor=8).movedim(1, -1).sigmoid())
-    images = [decode(r["samples"])[0] for r in (template_latent, runs["unguided"], runs["guided"])]
+    images = [vae.decode(r["samples"])[0] for r in (template_latent, runs["unguided"], runs["guided"])]
     _save_png(torch.cat(images, dim=1), out / "grid.png")
-    import importlib as _il
-
-    previews = _il.import_module(f"{PACK_NAME}.nodes.template_nodes").map_preview
+    previews = importlib.import_module(f"{PACK_NAME}.nodes.template_nodes").map_preview
     _save_png(previews(mask.float().unsqueeze(0), args.size, args.size)[0] * 0.7 + reference[0] * 0.3, out / "mask_over_reference.png")
     _save_png(previews(token_map.unsqueeze(0), args.size, args.size)[0], out / "token_map.png")
     _save_png(previews(subject_map[:1], args.size, args.size)[0], out / "template_subject_map.png")
     palette.save(str(out / "palette.safetensors"))
     template.save(str(out / "layout_template.safetensors"))
-    print(f"wrote {out}/grid.png (template | unguided | guided), previews, palette and layout template"
-          + (" -- tiny random model: the pictures only prove the pipeline runs" if tiny else ""))
+    print(f"wrote {out}/grid.png (template | unguided | guided), previews, palette and layout template")
+    return 0
+
+
+def toy_world_job(out: Path, seeds: int, strength: float, steps: int) -> int:
+    """The pipeline on the toy world: per prompt, a grid of seeds x (reference | template | LoRA | Pick-and-Draw)."""
+    import json
+
+    import numpy as np
+
+    sys.path.insert(0, str(HERE / "evaluation"))
+    from toy_world import judge
+    from toy_world.sampling import CLASS, PERSONAL_NAME, PROMPTS, REFERENCE, Toy, iou, prompt_text
+    from PIL import Image
+
+    print(f"No --checkpoint: the toy world (its model, the '{PERSONAL_NAME}' LoRA and its reference), strength {strength:g}")
+    toy = Toy(steps=steps, cfg=5.0)
+    reference = np.asarray(Image.open(toy.toy_nodes.REFERENCES / f"{REFERENCE}.png").convert("RGB"))
+    reference_prompt = (toy.toy_nodes.REFERENCES / f"{REFERENCE}.txt").read_text().strip()
+    pixels = torch.from_numpy(reference).float().div(255).unsqueeze(0)
+    palette, token_map, mask = toy.host.pick_palette(toy.lora_model, toy.vae, pixels,
+                                                     toy.positive(reference_prompt, PERSONAL_NAME), toy.steps, "normal")
+    out.mkdir(parents=True, exist_ok=True)
+    previews = importlib.import_module(f"{toy.toy_nodes.__package__}.template_nodes").map_preview
+    size = reference.shape[0]
+    _save_png(previews(mask.float().unsqueeze(0), size, size)[0] * 0.7 + pixels[0] * 0.3, out / "mask_over_reference.png")
+    _save_png(previews(token_map.unsqueeze(0), size, size)[0], out / "token_map.png")
+    truth = judge.read(reference)
+    metrics = {"strength": strength, "reference": REFERENCE, "reference_read_as": list(truth.identity()), "pictures": []}
+    for scene, position in PROMPTS:
+        rows = []
+        for seed in range(seeds):
+            template, template_latent = toy.template(seed, prompt_text(CLASS, scene, position), CLASS)
+            text = prompt_text(PERSONAL_NAME, scene, position)
+            pictures = {"template": toy.decode(template_latent),
+                        "lora": toy.sample(toy.lora_model, seed, text, PERSONAL_NAME),
+                        "pick_and_draw": toy.sample(toy.lora_model, seed, text, PERSONAL_NAME, palette, template, strength)}
+            readings = {name: judge.read(image) for name, image in pictures.items()}
+            for name, reading in readings.items():
+                metrics["pictures"].append({
+                    "prompt": text, "seed": seed, "picture": name, "read_as": {
+                        "class": reading.cls, "scene": reading.scene, "identity": list(reading.identity()),
+                        "box": list(reading.box) if reading.box else None},
+                    "identity": float(np.mean([a == b for a, b in zip(reading.identity(), truth.identity())])),
+                    "scene_obeyed": reading.scene == scene, "position_obeyed": position in reading.position_words(),
+                    "box_iou_with_template": iou(reading.box, readings["template"].box)})
+            rows.append(np.concatenate([reference, pictures["template"], pictures["lora"], pictures["pick_and_draw"]], axis=1))
+        Image.fromarray(np.concatenate(rows, axis=0)).save(out / f"grid_{scene}_{position}.png".replace(" ", "_"))
+    summary = {}
+    for name in ("template", "lora", "pick_and_draw"):
+        chosen = [p for p in metrics["pictures"] if p["picture"] == name]
+        summary[name] = {key: float(np.mean([p[key] for p in chosen]))
+                         for key in ("identity", "scene_obeyed", "position_obeyed", "box_iou_with_template")}
+    metrics["summary"] = summary
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    for name, values in summary.items():
+        print(f"{name:>14}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+    print(f"wrote {out}: grid_<prompt>.png (rows: seeds; columns: reference | template | LoRA | Pick-and-Draw), "
+          "mask_over_reference.png, token_map.png, metrics.json")
     return 0
 
 

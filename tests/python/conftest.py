@@ -7,6 +7,7 @@ shadow, nor be shadowed by.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 import types
@@ -28,6 +29,18 @@ def import_pack():
         package.__file__ = str(ROOT / "__init__.py")
         sys.modules[PACK_NAME] = package
     return sys.modules[PACK_NAME]
+
+
+def toy_world_module(name: str):
+    """toy_world.<name> from tests/evaluation/toy_world (generator, judge, training, sampling), imported as a package
+    made from the folder's path rather than through sys.path."""
+    if "toy_world" not in sys.modules:
+        folder = ROOT / "tests" / "evaluation" / "toy_world"
+        package = types.ModuleType("toy_world")
+        package.__path__ = [str(folder)]
+        package.__file__ = str(folder / "__init__.py")
+        sys.modules["toy_world"] = package
+    return importlib.import_module(f"toy_world.{name}")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,118 @@
+"""The toy world's shipped models: they load through the pack's nodes and ComfyUI's own loaders, draw what the judge
+can read, and the training command still trains (skipped without ComfyUI)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from comfy_env import comfyui_path, require_comfyui
+from conftest import PACK_NAME, ROOT, toy_world_module
+
+WEIGHTS = ROOT / "nodes" / "toy_world" / "weights"
+REFERENCES = ROOT / "nodes" / "toy_world" / "references"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    require_comfyui()
+    import importlib
+
+    nodes = importlib.import_module(f"{PACK_NAME}.nodes.toy_world_nodes")
+    model, clip, vae = nodes.ToyWorldCheckpoint.execute().result
+    return nodes, model, clip, vae
+
+
+def test_the_shipped_weights_fit_the_size_budget_and_name_their_training():
+    files = sorted(WEIGHTS.glob("*.safetensors"))
+    assert {f.name for f in files} >= {"toy_world_unet.safetensors", "toy_world_clip.safetensors",
+                                       "toy_world_vae.safetensors", "toy_world_sks_ball_lora.safetensors"}
+    assert sum(f.stat().st_size for f in files) <= 30 * 2**20
+    record = json.loads((WEIGHTS / "training.json").read_text())
+    assert record["command"].startswith("python tests/evaluation/toy_world/train.py")
+    assert {"vae", "base", "lora"} <= set(record["stages"])
+    for stage in ("vae", "base", "lora"):
+        losses = [loss for _, loss in record["stages"][stage]["loss"]]
+        assert np.mean(losses[-20:]) < np.mean(losses[:20]), stage
+
+
+def test_the_checkpoint_node_gives_an_sd1_family_model_clip_and_vae(toy):
+    nodes, model, clip, vae = toy
+    import importlib
+
+    host = importlib.import_module(f"{PACK_NAME}.nodes.comfy_host")
+    assert host.model_family(model) == "sd1"
+    assert len(host.layer_table(model).default_appearance_layers()) > 0
+    # the VAE reproduces a world picture (it was trained on them): mean absolute error of a few grey levels
+    image, prompt = nodes.ToyWorldReference.execute("red_star_with_black_dots").result
+    assert image.shape == (1, 128, 128, 3) and "star" in prompt
+    latent = vae.encode(image)
+    assert latent.shape == (1, 4, 16, 16)
+    assert 2.0 < float(latent.std()) < 12.0  # SD1.x latent statistics (std about 1 / 0.18215)
+    decoded = vae.decode(latent)
+    assert float((decoded[..., :3] - image).abs().mean()) < 0.06
+    conditioning = clip.encode_from_tokens_scheduled(clip.tokenize("a star in the snow"))
+    assert conditioning[0][0].shape == (1, 77, 64)
+
+
+def test_the_lora_loads_through_comfyuis_own_lora_loader_with_every_key(toy, tmp_path, caplog):
+    nodes, model, clip, vae = toy
+    import folder_paths
+    import nodes as comfy_nodes
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    shutil.copy(nodes.LORA, folder / "toy_world_sks_ball_lora.safetensors")
+    folder_paths.add_model_folder_path("loras", str(folder))
+    with caplog.at_level(logging.WARNING):
+        (patched,) = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, "toy_world_sks_ball_lora.safetensors", 1.0)
+    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
+    assert len(patched.patches) > 0
+    (ours,) = nodes.ToyWorldLoRA.execute(model, 1.0).result
+    assert set(ours.patches) == set(patched.patches)
+
+
+def test_the_toy_model_draws_the_prompted_class_and_scene(toy):
+    """A few prompts, judged by the world's rules (the full measurement is tests/evaluation/toy_world/evaluate.py)."""
+    nodes, model, clip, vae = toy
+    import nodes as comfy_nodes
+
+    judge = toy_world_module("judge")
+    correct = []
+    for cls, scene in (("ball", "on the beach"), ("star", "in the snow"), ("mug", "at night"), ("cube", "on the grass")):
+        for seed in range(2):
+            text = f"a {cls} {scene}"
+            positive = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+            negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+            (latent,) = comfy_nodes.common_ksampler(model, seed, 20, 5.0, "euler", "normal", positive, negative,
+                                                    {"samples": torch.zeros(1, 4, 16, 16)}, disable_noise=False)
+            image = (vae.decode(latent["samples"])[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+            reading = judge.read(image)
+            correct.append((reading.cls == cls, reading.scene == scene))
+    classes, scenes = np.mean([c for c, _ in correct]), np.mean([s for _, s in correct])
+    assert classes >= 0.75 and scenes >= 0.75, correct
+
+
+def test_a_short_run_of_the_training_command_still_lowers_its_loss(tmp_path):
+    """Not a retrain: the base stage for a few steps from fresh weights on a few pictures (the shipped VAE encodes
+    them), and its logged loss falls."""
+    require_comfyui()
+    out = tmp_path / "weights"
+    out.mkdir()
+    shutil.copy(WEIGHTS / "toy_world_vae.safetensors", out)
+    env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "evaluation" / "toy_world" / "train.py"), "--out", str(out),
+                           "--stages", "base", "--images", "64", "--base-steps", "60", "--threads", "1"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = [loss for _, loss in json.loads((out / "training.json").read_text())["stages"]["base"]["loss"]]
+    assert len(losses) == 60
+    assert np.mean(losses[-15:]) < 0.8 * np.mean(losses[:15]), losses
