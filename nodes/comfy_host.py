@@ -175,7 +175,6 @@ class GuidanceRun:
         self.strength = float(strength)
         self.batched = batched  # None until the first guided step chooses
         self.gradient = None  # the unit guidance direction of the current step, or None when it is not guided
-        self.skipped_steps = []  # guided steps whose gradient was not finite
         self.last_guided_step = None
         self.feed_forwards = []  # the blocks the split pass recomputes in the backward (none in the batched pass)
         self._log: list[dict] = []
@@ -329,17 +328,17 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
             direction, raw_rms = guidance_direction(terms, x_in)
             recorder.clear()
             outs = [out.detach() if out is not None else None for out in outs]
-        finite = bool(torch.isfinite(direction).all())
-        run.gradient = direction.detach() if finite else None
-        if not finite:
-            run.skipped_steps.append(step)
-            logger.warning("Pick-and-Draw: the guidance gradient of step %d is not finite; that step is not guided", step)
+        # A sample whose gradient is not finite is not moved; the flag stays on the device (reading it here would
+        # wait for the GPU) and guided_sample reports such steps when the run ends.
+        finite = torch.isfinite(direction).flatten(1).all(1)
+        run.gradient = torch.where(finite.view(-1, *([1] * (direction.ndim - 1))), direction, 0.0).detach()
         run._log.append({
             "step": step, "sigma": sigma_value, "total": loss.total.detach().sum(),
             "appearance": loss.appearance.detach().sum() if loss.appearance_on else None,
             "layout": loss.layout.detach().sum() if loss.layout_on else None,
             "mask_pixels": dict(loss.mask_pixels), "palette_sigma_index": loss.palette_sigma_index,
             **{f"{name}_gradient_rms": value for name, value in raw_rms.items()},
+            "not_finite": (~finite).sum(),
         })
         if not run.batched:
             with torch.no_grad():
@@ -558,7 +557,19 @@ def guided_sample(model_patcher, seed, steps, cfg, sampler_name, scheduler, posi
     guided, run = guide_model(model_patcher, engine, palette, layout_template, strength, batched)
     (out,) = comfy_nodes.common_ksampler(guided, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
                                          denoise=denoise)
-    return out, run.log
+    log = run.log
+    report_unguided_steps(log)
+    return out, log
+
+
+def report_unguided_steps(log: list[dict]) -> None:
+    """Says which guided steps were not applied because their gradient was not finite (float16 overflow, a NaN
+    in the model): those samples took the plain step there."""
+    skipped = [entry["step"] for entry in log if entry.get("not_finite")]
+    if skipped:
+        logger.warning("Pick-and-Draw: the guidance gradient was not finite at step(s) %s; those steps were sampled "
+                       "without guidance (a float16 overflow or a NaN in the model: try float32 or a lower strength)",
+                       ", ".join(map(str, skipped)))
 
 
 def _run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent_samples) -> dict:
