@@ -25,7 +25,7 @@ pickdraw::GuidanceMetadata sample_metadata() {
   m.image_height = 1024;
   m.image_width = 768;
   m.sigmas = {14.6, 3.1, 0.4};
-  m.feature_source = "attn2_output";
+  m.feature_source = "attn2_query";
   m.tau = 0.45;
   m.extra = {{"seed", "7"}};
   return m;

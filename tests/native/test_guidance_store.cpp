@@ -21,7 +21,7 @@ GuidanceMetadata sample_metadata() {
   m.image_height = 512;
   m.image_width = 512;
   m.sigmas = {14.6, 7.0, 2.0, 0.5, 0.03};
-  m.feature_source = "attn2_output";
+  m.feature_source = "attn2_query";
   m.tau = 0.5;
   m.extra = {{"seed", "42"}, {"sampler", "euler"}};
   return m;

@@ -80,7 +80,7 @@ def _metadata(ops, layers, sigmas):
     m.layer_keys = list(layers)
     m.sigmas = [float(s) for s in sigmas]
     m.tokens = ops.SubjectTokens("dog", "a photo of a dog", [2, 3])
-    m.feature_source = "attn2_output"
+    m.feature_source = "attn2_query"
     return m
 
 

@@ -32,7 +32,7 @@ def metadata(ops, layers):
     m.layer_keys = layers
     m.sigmas = SIGMAS
     m.tokens = ops.SubjectTokens("dog", "a photo of a dog", TOKENS)
-    m.feature_source = "attn2_output"
+    m.feature_source = "attn2_query"
     return m
 
 

@@ -17,7 +17,7 @@ def _metadata(ops, sigmas=(14.6, 4.0, 1.0, 0.2), layers=("output.3.0", "output.6
     m.tokens = ops.SubjectTokens("sks dog", "a photo of sks dog", [4, 5])
     m.image_height, m.image_width = 512, 512
     m.sigmas = list(sigmas)
-    m.feature_source = "attn2_output"
+    m.feature_source = "attn2_query"
     m.tau = 0.5
     m.extra = {"seed": "3", "sampler": "euler"}
     return m
