@@ -169,16 +169,26 @@ def comfyui_page(server_url: str, viewport=(1024, 1024)):
             browser.close()
 
 
-# What the page shows once a graph is loaded: the dialogs open over the canvas and, for every node, whether
-# its type is registered, whether the canvas marks it as failed, its sockets and its widgets. A widget's
-# input socket that nothing is linked to is the widget itself, not an input of the graph.
+# Dialogs: frontend 1.27 draws them with PrimeVue (.p-dialog), 1.49 with components of its own; both give
+# them role="dialog".
+DIALOGS = '[role="dialog"]'
+# What the page puts over the canvas to tell the user that something is wrong: a dialog, or the error notice
+# with which newer frontends (1.49) report what a loaded graph lacks (missing nodes, models or files) and why
+# a run failed, where older ones open a dialog.
+NOTICES = DIALOGS + ', [data-testid="error-overlay"]'
+_NOTICES_JS = f"[...document.querySelectorAll({json.dumps(NOTICES)})].map(d => d.innerText)"
+
+# What the page shows once a graph is loaded: the dialogs and notices over the canvas and, for every node,
+# whether its type is registered, whether the canvas marks it as failed, its sockets and its widgets. A
+# widget's input socket that nothing is linked to is the widget itself, not an input of the graph. Node ids
+# are numbers in frontend 1.27 and strings in 1.49: the callers compare them as strings.
 _LOAD_GRAPH_JS = """
 async (graph) => {
   await app.loadGraphData(graph);
   await new Promise(resolve => requestAnimationFrame(() => setTimeout(resolve, 100)));
   const comboOptions = w => { const v = w.options?.values; return typeof v === 'function' ? v(w) : (v ?? null); };
   return {
-    dialogs: [...document.querySelectorAll('.p-dialog')].map(d => d.innerText),
+    dialogs: NOTICES_JS,
     nodes: app.graph._nodes.map(n => ({
       id: n.id, type: n.type,
       registered: n.type in LiteGraph.registered_node_types,
@@ -192,7 +202,7 @@ async (graph) => {
     })),
   };
 }
-"""
+""".replace("NOTICES_JS", _NOTICES_JS)
 
 
 def load_graph(page, graph: dict) -> dict:
@@ -202,13 +212,18 @@ def load_graph(page, graph: dict) -> dict:
 
 
 def close_dialogs(page, timeout_s: float = 15.0) -> None:
-    """Closes the open dialogs as a user does (Escape), so that the next check sees only its own. A dialog
-    closes with an animation, which a loaded machine slows down: it presses Escape again every 250 ms."""
+    """Closes the open dialogs as a user does (Escape) and dismisses an error notice (its close button), so
+    that the next check sees only its own. A dialog closes with an animation, which a loaded machine slows
+    down: it presses Escape again every 250 ms."""
     deadline = time.monotonic() + timeout_s
-    while page.locator(".p-dialog").count():
+    notices = page.locator(NOTICES)
+    while notices.count():
         if time.monotonic() > deadline:
-            raise AssertionError(f"dialogs stay open after {timeout_s:.0f} s: {page.locator('.p-dialog').all_inner_texts()}")
+            raise AssertionError(f"dialogs stay open after {timeout_s:.0f} s: {notices.all_inner_texts()}")
         page.keyboard.press("Escape")
+        dismiss = page.locator('[data-testid="error-overlay-dismiss"]')
+        if dismiss.count():
+            dismiss.first.click()
         page.wait_for_timeout(250)
 
 
@@ -265,7 +280,7 @@ async ({timeoutMs}) => {
   const events = [];
   const listeners = names.map(type => [type, e => events.push({type, detail: e.detail ?? null})]);
   for (const [type, listener] of listeners) app.api.addEventListener(type, listener);
-  const refused = () => Object.keys(app.lastNodeErrors ?? {}).length > 0 || document.querySelector('.p-dialog') !== null;
+  const refused = () => Object.keys(app.lastNodeErrors ?? {}).length > 0 || document.querySelector(NOTICES_SELECTOR) !== null;
   const finished = () => events.some(e => endings.includes(e.type));
   try {
     await app.queuePrompt(0);
@@ -275,9 +290,9 @@ async ({timeoutMs}) => {
     for (const [type, listener] of listeners) app.api.removeEventListener(type, listener);
   }
   return {events, finished: finished(), node_errors: app.lastNodeErrors ?? null,
-          dialogs: [...document.querySelectorAll('.p-dialog')].map(d => d.innerText)};
+          dialogs: NOTICES_JS};
 }
-"""
+""".replace("NOTICES_JS", _NOTICES_JS).replace("NOTICES_SELECTOR", json.dumps(NOTICES))
 
 
 def queue_and_wait(page, timeout_s: float) -> dict:

@@ -91,7 +91,7 @@ def test_guided_ksampler_runs_and_differs_from_plain_sampling(ops, env):
                   appearance_end=0.8, layout_end=0.5, palette=palette, layout_template=template)
     (plain,) = comfy_nodes.common_ksampler(patcher, 3, 4, 7.5, "euler", "normal", positive, negative, latent)
     (unguided,) = guided_ksampler.execute(**common, strength=0.0).result
-    (guided,) = guided_ksampler.execute(**common, strength=1e4).result
+    (guided,) = guided_ksampler.execute(**common, strength=0.5).result
     # Strength 0 runs the guided code path (cond and uncond in separate calls) and must match KSampler.
     torch.testing.assert_close(unguided["samples"], plain["samples"], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(guided["samples"], plain["samples"], rtol=1e-3, atol=1e-3)
@@ -196,7 +196,7 @@ def test_pick_draw_and_guided_sampling_end_to_end(ops, env):
     template, _, _ = host.draw_layout_template(patcher, 7, 4, 7.5, "euler", "normal", positive, negative, latent)
     weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 0.5}
     out, log = host.guided_sample(patcher, 7, 4, 7.5, "euler", "normal", positive, negative, latent, 1.0,
-                                  palette, template, weights, 1e4)
+                                  palette, template, weights, 0.5)
     assert torch.isfinite(out["samples"]).all()
     assert [entry["layout"] is not None for entry in log] == [True, True, False, False]
     assert all(entry["appearance"] is not None and entry["appearance"] > 0 for entry in log)
@@ -218,7 +218,7 @@ def test_the_guider_samples_like_the_guided_ksampler(ops, env):
     patcher = sharpen_cross_attention(tiny_sd1_patcher())
     palette, template = _stores(ops, host, patcher, clip, steps=4, seed=3)
     positive, negative = _prompts(host, clip)
-    knobs = dict(appearance_weight=1.0, layout_weight=1.0, appearance_end=0.8, layout_end=0.5, strength=1e4,
+    knobs = dict(appearance_weight=1.0, layout_weight=1.0, appearance_end=0.8, layout_end=0.5, strength=0.5,
                  palette=palette, layout_template=template)
     (guider,) = guider_node.execute(model=patcher, positive=positive, negative=negative, cfg=7.5, **knobs).result
     latent = torch.zeros(1, 4, 16, 16)
@@ -255,8 +255,20 @@ def _run_long_node(env, which: str, hook) -> None:
         comfy.utils.set_progress_bar_global_hook(None)
 
 
+@pytest.fixture
+def every_update_reaches_the_hook(monkeypatch):
+    """ComfyUI's progress bar without its throttle, where it has one (newer ComfyUI passes an update to the hook
+    only if 0.1 s and 0.5 % have passed since the last, besides the first, the last and those with a preview):
+    the hook then sees every update that the node makes."""
+    import comfy.utils
+
+    for name in ("PROGRESS_THROTTLE_MIN_INTERVAL", "PROGRESS_THROTTLE_MIN_PERCENT"):
+        if hasattr(comfy.utils, name):
+            monkeypatch.setattr(comfy.utils, name, 0)
+
+
 @pytest.mark.parametrize("which", ["pick", "draw", "guided"])
-def test_long_nodes_report_progress_every_step_and_stop_on_cancel(ops, env, which):
+def test_long_nodes_report_progress_every_step_and_stop_on_cancel(ops, env, which, every_update_reaches_the_hook):
     """ComfyUI's Cancel raises from its progress hook; each long node must call it every step."""
     import comfy.model_management
 
@@ -273,7 +285,30 @@ def test_long_nodes_report_progress_every_step_and_stop_on_cancel(ops, env, whic
 
 
 @pytest.mark.parametrize("which", ["pick", "draw", "guided"])
-def test_long_nodes_count_their_steps_to_100_percent(ops, env, which):
+def test_a_cancel_during_a_step_stops_the_long_node_before_the_next_step_ends(ops, env, which):
+    """Cancel as the server does it, with ComfyUI's progress bar as it is: Cancel sets the interrupt flag and
+    ComfyUI raises where it checks it (its progress hook; newer ComfyUI also before every layer, as its throttled
+    hook may skip steps). Cancelled in step 1, the node must stop before step 2 is reported done."""
+    import comfy.model_management
+
+    calls = []
+
+    def hook(value, total, preview, prompt_id=None, node_id=None):  # the server's hook: it raises once cancelled
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        calls.append(value)
+        if value == 1:
+            comfy.model_management.interrupt_current_processing(True)  # the user clicks Cancel
+
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            _run_long_node(env, which, hook)
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("which", ["pick", "draw", "guided"])
+def test_long_nodes_count_their_steps_to_100_percent(ops, env, which, every_update_reaches_the_hook):
     """The progress bar counts 1..steps of steps (the inversion samples ascending sigmas with no final 0, for
     which ComfyUI's sampler wrapper would count one step too few)."""
     calls = []
@@ -301,7 +336,7 @@ def test_guided_sampling_in_the_host_cases(ops, env, case):
     assert template.get(0, "output.3.0").shape[0] == batch
     weights = {"layout_end": 1.0}
     out, log = host.guided_sample(patcher, 3, 4, cfg, "euler", "normal", positive, negative, latent, denoise,
-                                  None, template, weights, 1e4)
+                                  None, template, weights, 0.5)
     assert torch.isfinite(out["samples"]).all() and out["samples"].shape == latent["samples"].shape
     assert len(log) >= 1 and all(entry["layout"] is not None for entry in log)
     unguided, _ = host.guided_sample(patcher, 3, 4, cfg, "euler", "normal", positive, negative, latent, denoise,
@@ -330,7 +365,7 @@ def test_lora_patches_and_later_runs_are_unharmed_by_guided_sampling(ops, env):
         with_lora_before = plain(lora)
         template, _, _ = host.draw_layout_template(lora, 3, 3, 7.5, "euler", "normal", positive, negative, latent)
         host.guided_sample(lora, 3, 3, 7.5, "euler", "normal", positive, negative, latent, 1.0, None, template,
-                           {"layout_end": 1.0}, 1e4)
+                           {"layout_end": 1.0}, 0.5)
         torch.testing.assert_close(plain(lora), with_lora_before)
         lora.unpatch_model()
         torch.testing.assert_close(plain(base), plain(tiny_sd1_patcher()))
