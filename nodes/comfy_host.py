@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 
 import comfy.ldm.modules.attention
 import comfy.samplers
@@ -518,11 +519,35 @@ def _palette_mask_settings(palette) -> dict:
             "min_mask_pixels": int(extra.get("min_mask_pixels", "4"))}
 
 
+def check_finite_store(store, what: str) -> None:
+    """ValueError naming the first entry of a palette or template that holds NaN or infinity."""
+    for (sigma_index, layer), tensor in store.entries().items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"the {what} holds values that are not finite (sigma {sigma_index}, layer {layer}): "
+                             f"it is corrupt; pick or draw it again")
+
+
+def check_guidance_settings(strength: float, weights: dict) -> None:
+    """ValueError for a strength, weight or window that is not a finite number in its range."""
+    values = {"strength": strength, **weights}
+    for name, value in values.items():
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} is {value}: give a finite number")
+    if strength < 0:
+        raise ValueError(f"strength is {strength}: give 0 (no guidance) or more")
+    for name, value in weights.items():
+        if value < 0 or (name.endswith(("_start", "_end")) and value > 1):
+            raise ValueError(f"{name} is {value}: weights are >= 0 and windows are fractions of the steps in 0..1")
+
+
 def _guidance_engine(model_patcher, positive, palette, layout_template, weights: dict):
     """The engine for a guided run: layers from the connected stores (checked against this MODEL), tokens from
     the positive conditioning, weights as given; a term without its store is off."""
     if palette is None and layout_template is None:
         raise ValueError("connect a palette, a layout template, or both: without them there is nothing to guide")
+    for store, what in ((palette, "palette"), (layout_template, "layout template")):
+        if store is not None:
+            check_finite_store(store, what)
     family = model_family(model_patcher)
     table = layer_table(model_patcher)
     config = ops.GuidanceConfig()
@@ -551,6 +576,9 @@ def guided_sample(model_patcher, seed, steps, cfg, sampler_name, scheduler, posi
     """
     import nodes as comfy_nodes  # ComfyUI's nodes.py: common_ksampler is its KSampler
 
+    check_guidance_settings(strength, weights)
+    if not bool(torch.isfinite(latent["samples"]).all()):
+        raise ValueError("the latent image holds values that are not finite (NaN or infinity): check the node that made it")
     if layout_template is not None:
         check_template_matches(layout_template, _run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent["samples"]))
     engine = _guidance_engine(model_patcher, positive, palette, layout_template, weights)
@@ -739,6 +767,7 @@ def guided_cfg_guider(model_patcher, positive, negative, cfg, palette, layout_te
     """A CFGGuider for SamplerCustomAdvanced that samples with the guidance. The noise and sigmas come from the
     other nodes of that graph, so the template's seed and schedule cannot be checked here: the sigma lookup
     still refuses a schedule outside the recorded range."""
+    check_guidance_settings(strength, weights)
     engine = _guidance_engine(model_patcher, positive, palette, layout_template, weights)
     guided, run = guide_model(model_patcher, engine, palette, layout_template, strength)
     guider = comfy.samplers.CFGGuider(guided)

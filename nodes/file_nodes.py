@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 import folder_paths
 from comfy_api.latest import io
 
-from . import ops
+from . import comfy_host, ops
 from .types import LayoutTemplate, Palette
 
 SUBFOLDER = "pickdraw"
@@ -43,10 +44,33 @@ def _input_path(file: str) -> str:
     return _inside(folder, os.path.join(folder, file), "input")
 
 
-def _save(store, filename_prefix: str) -> str:
+# A write leaves <name>.safetensors.tmp-<pid>-<n> only while it runs (it is renamed into place when complete); one
+# older than this was left by a killed process.
+_STALE_TEMPORARY_SECONDS = 600
+
+
+def _remove_stale_temporaries(folder: str) -> None:
+    now = time.time()
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if ".safetensors.tmp-" in name and os.path.isfile(path) and now - os.path.getmtime(path) > _STALE_TEMPORARY_SECONDS:
+            os.remove(path)
+
+
+def _save(store, filename_prefix: str, default_prefix: str) -> str:
+    """Writes the store under the output folder as <prefix>_<counter>_.safetensors: an empty prefix means the
+    default one, a name is never hidden, and an existing file is never overwritten (the counter moves on)."""
+    folder, name = os.path.split(filename_prefix.strip() or default_prefix)
+    prefix = os.path.join(folder, name.lstrip(".") or os.path.basename(default_prefix))  # never a hidden file
     output_dir = folder_paths.get_output_directory()
-    full_folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
-    path = _inside(output_dir, os.path.join(full_folder, f"{filename}_{counter:05}_.safetensors"), "output")
+    full_folder, filename, counter, _, _ = folder_paths.get_save_image_path(prefix, output_dir)
+    os.makedirs(full_folder, exist_ok=True)
+    _remove_stale_temporaries(full_folder)
+    while True:
+        path = _inside(output_dir, os.path.join(full_folder, f"{filename}_{counter:05}_.safetensors"), "output")
+        if not os.path.exists(path):
+            break
+        counter += 1
     store.save(path)
     return os.path.relpath(path, output_dir)
 
@@ -80,7 +104,9 @@ def _save_node(node_id: str, display_name: str, socket, input_name: str, what: s
                 inputs=[
                     socket.Input(input_name, tooltip=f"The {what} to save."),
                     io.String.Input("filename_prefix", default=f"{SUBFOLDER}/{input_name}",
-                                    tooltip="Path under the output folder; a counter and .safetensors are appended."),
+                                    tooltip="Path under the output folder; a counter and .safetensors are appended, and "
+                                            "an existing file is never overwritten. Empty: the default. To load it "
+                                            f"again, copy it to ComfyUI's input/{SUBFOLDER} folder."),
                 ],
                 outputs=[],
                 is_output_node=True,
@@ -88,7 +114,7 @@ def _save_node(node_id: str, display_name: str, socket, input_name: str, what: s
 
         @classmethod
         def execute(cls, filename_prefix: str, **store) -> io.NodeOutput:
-            return io.NodeOutput(ui={"text": [_save(store[input_name], filename_prefix)]})
+            return io.NodeOutput(ui={"text": [_save(store[input_name], filename_prefix, f"{SUBFOLDER}/{input_name}")]})
 
     SaveNode.__name__ = SaveNode.__qualname__ = node_id
     return SaveNode
@@ -117,7 +143,9 @@ def _load_node(node_id: str, display_name: str, socket, output_name: str, what: 
 
         @classmethod
         def execute(cls, file: str) -> io.NodeOutput:
-            return io.NodeOutput(load(_input_path(file)))
+            store = load(_input_path(file))
+            comfy_host.check_finite_store(store, f"{what} file {file}")
+            return io.NodeOutput(store)
 
     LoadNode.__name__ = LoadNode.__qualname__ = node_id
     return LoadNode

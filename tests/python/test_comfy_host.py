@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from comfy_env import conditioning, require_comfyui, sharpen_cross_attention, tiny_sd1_patcher
+from comfy_env import conditioning, require_comfyui, sharpen_cross_attention, subject_conditioning, tiny_sd1_patcher
 
 
 @pytest.fixture(scope="module")
@@ -370,3 +370,24 @@ def test_a_step_whose_gradient_is_not_finite_is_not_applied_and_is_reported(ops,
     with caplog.at_level("WARNING", logger="pickdraw"):
         host.report_unguided_steps(run.log)
     assert "step(s) 0" in caplog.text
+
+
+@pytest.mark.parametrize("bad", [{"strength": float("nan")}, {"strength": -1.0}, {"appearance_weight": float("inf")},
+                                 {"layout_end": 1.5}, {"latent": float("nan")}, {"palette": float("nan")}])
+def test_non_finite_or_out_of_range_guidance_input_is_refused(ops, host, bad):
+    patcher = tiny_sd1_patcher()
+    engine, palette, template = _engine_and_stores(ops, host, patcher, steps=2)
+    positive, negative = subject_conditioning("sd1", 0, 64)
+    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 0.8, "layout_end": 0.5}
+    weights.update({k: v for k, v in bad.items() if k in weights})
+    latent = {"samples": torch.zeros(1, 4, 16, 16)}
+    if "latent" in bad:
+        latent["samples"][0, 0, 0, 0] = bad["latent"]
+    if "palette" in bad:
+        entries = palette.entries()
+        palette = ops.Palette(palette.metadata)
+        for (index, layer), tensor in entries.items():
+            palette.set(index, layer, torch.full_like(tensor, bad["palette"]))
+    with pytest.raises(ValueError, match="finite|0 \\(no guidance\\)|fractions"):
+        host.guided_sample(patcher, 0, 2, 7.5, "euler", "normal", positive, negative, latent, 1.0, palette, None, weights,
+                           bad.get("strength", 0.5))

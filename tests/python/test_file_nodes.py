@@ -99,3 +99,40 @@ def test_paths_outside_the_folders_and_bad_files_are_refused(ops, comfy_nodes, f
     template.save(str(folders / "input" / "pickdraw" / "layout.safetensors"))
     with pytest.raises(ValueError, match="layout_template"):
         load.execute(file="pickdraw/layout.safetensors")
+
+
+def test_saves_never_hide_or_overwrite_and_clear_stale_temporaries(comfy_nodes, folders):
+    """An empty prefix means the default; a prefix naming a hidden file is made visible; two saves with one prefix
+    (a palette, then a template) give two files; a temporary file left by a killed save is removed, a fresh one
+    (a save in progress) is not."""
+    import os
+    import time
+
+    ops = importlib.import_module(f"{PACK_NAME}.nodes.ops")
+    file_nodes = importlib.import_module(f"{PACK_NAME}.nodes.file_nodes")
+    palette = _palette(ops)
+    folder = folders / "output" / "pickdraw"
+    folder.mkdir()
+    stale, fresh = folder / "palette_00009_.safetensors.tmp-1-2", folder / "palette_00010_.safetensors.tmp-1-3"
+    stale.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    first = file_nodes.SavePalette.execute(palette=palette, filename_prefix="").ui["text"][0]
+    assert first.replace(os.sep, "/").startswith("pickdraw/palette_") and not os.path.basename(first).startswith(".")
+    assert not stale.exists() and fresh.exists()
+    second = file_nodes.SavePalette.execute(palette=palette, filename_prefix="  ").ui["text"][0]
+    hidden = file_nodes.SavePalette.execute(palette=palette, filename_prefix="pickdraw/.").ui["text"][0]
+    assert len({first, second, hidden}) == 3 and not os.path.basename(hidden).startswith(".")
+    names = sorted(p.name for p in folder.glob("*.safetensors"))
+    assert len(names) == 3 and not any(n.startswith(".") for n in names)
+
+
+def test_a_palette_file_of_nan_is_refused_when_loaded(comfy_nodes, folders):
+    ops = importlib.import_module(f"{PACK_NAME}.nodes.ops")
+    file_nodes = importlib.import_module(f"{PACK_NAME}.nodes.file_nodes")
+    palette = _palette(ops)
+    palette.set(1, "output.3.0", torch.full((5, 8), float("nan")))
+    palette.save(str(folders / "input" / "pickdraw" / "nan.safetensors"))
+    with pytest.raises(ValueError, match="not finite"):
+        file_nodes.LoadPalette.execute(file="pickdraw/nan.safetensors")
