@@ -1,6 +1,7 @@
 // UREMD against a naive triple loop, its tie rule, gradients against finite differences, and
 // the boundary checks. CUDA cases run when a device is present and skip otherwise.
 #include "pickdraw/uremd.h"
+#include "ops/uremd_internal.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -141,6 +142,24 @@ TEST(Uremd, TiesAcrossTilesGoToTheLowestIndex) {
   p[0][M - 1] = g[0][1] * 2;
   const auto [loss, min_cost, argmin] = pickdraw::uremd_with_argmin(g, p);
   EXPECT_EQ(argmin[0][1].item<int64_t>(), 10);
+}
+
+TEST(Uremd, AtenPathMatchesTheFusedKernel) {
+  // The path CUDA tensors take in a build without CUDA kernels, run here on the CPU: the same costs
+  // and argmin as the fused kernel, for batched and shared palettes and across several tiles.
+  seed_for_test();
+  struct Case {
+    int64_t B, Bp, N, M, C;
+  };
+  for (const auto& c : {Case{2, 2, 7, 5, 3}, Case{3, 1, 9, 11, 4}, Case{1, 1, 2000, 3000, 8}}) {
+    const auto g = at::randn({c.B, c.N, c.C}, at::kDouble);
+    auto p = at::randn({c.Bp, c.M, c.C}, at::kDouble);
+    if (c.M > 2000) p[0][c.M - 1] = p[0][3];  // an exact duplicate in a later tile must lose
+    const auto [cost, index] = pickdraw::detail::row_min_aten(g, p);
+    const auto [loss, fused_cost, fused_index] = pickdraw::uremd_with_argmin(g, p);
+    EXPECT_TRUE(at::allclose(cost, fused_cost, 1e-12, 1e-12)) << c.N << "x" << c.M;
+    EXPECT_TRUE(at::equal(index, fused_index)) << c.N << "x" << c.M;
+  }
 }
 
 TEST(Uremd, ZeroWeightsAndEmptyInputsGiveZero) {

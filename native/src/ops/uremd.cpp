@@ -158,6 +158,39 @@ std::tuple<at::Tensor, at::Tensor> tiled_row_min(const at::Tensor& generated,
   return {best_cost, best_index};
 }
 
+namespace {
+
+// Costs of one tile, their row minimum, and the merge into the running minimum (strictly smaller
+// wins, so the lowest index is kept across tiles as within one: at::min returns the first minimum).
+void select_aten(const TileSelect& tile) {
+  const int64_t rows = tile.dots.size(1), cols = tile.dots.size(2);
+  const auto g_inv = tile.g_inv_norm.narrow(1, tile.row_offset, rows).unsqueeze(2);
+  const auto p_inv = tile.p_inv_norm.narrow(1, tile.col_offset, cols).unsqueeze(1);
+  auto [value, index] = (1 - tile.dots * g_inv * p_inv).min(2);
+  index.add_(tile.col_offset);
+  auto best_cost = tile.best_cost.narrow(1, tile.row_offset, rows);
+  auto best_index = tile.best_index.narrow(1, tile.row_offset, rows);
+  if (tile.col_offset == 0) {
+    best_cost.copy_(value);
+    best_index.copy_(index);
+    return;
+  }
+  const auto better = value < best_cost;
+  best_cost.copy_(at::where(better, value, best_cost));
+  best_index.copy_(at::where(better, index, best_index));
+}
+
+// Same scratch bound as the CUDA kernel's tile (12 MiB of float32).
+constexpr int64_t kAtenTileElements = 3 * 1024 * 1024;
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> row_min_aten(const at::Tensor& generated, const at::Tensor& palette) {
+  check_uremd_inputs(generated, palette, std::nullopt);
+  return tiled_row_min(generated, palette, kAtenTileElements, /*gemm_in_accumulate_type=*/false,
+                       RowMinKernels{select_aten, inverse_norms_aten});
+}
+
 }  // namespace detail
 
 namespace {
@@ -340,12 +373,29 @@ at::Tensor uremd_autograd(const at::Tensor& generated, const at::Tensor& palette
 }
 
 #ifndef PICKDRAW_WITH_CUDA
-// A CPU-only build still answers for CUDA tensors, with the reason and the fix instead of the
-// dispatcher's generic "could not run with arguments from the 'CUDA' backend".
-std::tuple<at::Tensor, at::Tensor> row_min_without_cuda(const at::Tensor&, const at::Tensor&) {
-  TORCH_CHECK(false, "UREMD got CUDA tensors, but this Pick-and-Draw library was built without "
-              "CUDA kernels (install.py printed why: usually no CUDA toolkit matching torch's "
-              "CUDA). Install that toolkit and rerun install.py.");
+// A build without CUDA kernels (no nvcc of torch's CUDA version: the common case) still guides on a
+// GPU: CUDA tensors take the ATen path, with the same tiling and memory bound, and say so once.
+constexpr const char* kNoCudaKernels =
+    "Pick-and-Draw was built without its CUDA kernels: UREMD on CUDA tensors runs as tiled ATen ops "
+    "(same results, slower). For the fused kernels install the CUDA toolkit matching torch's CUDA "
+    "and rerun install.py.";
+
+std::tuple<at::Tensor, at::Tensor> row_min_without_cuda_kernels(const at::Tensor& generated,
+                                                                const at::Tensor& palette) {
+  TORCH_WARN_ONCE(kNoCudaKernels);
+  return detail::row_min_aten(generated, palette);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_without_cuda_kernels(
+    const at::Tensor& grad_loss, const at::Tensor& generated, const at::Tensor& palette,
+    const std::optional<at::Tensor>& weight, const at::Tensor& argmin,
+    std::array<bool, 3> output_mask) {
+  TORCH_WARN_ONCE(kNoCudaKernels);
+  detail::check_uremd_backward_inputs(grad_loss, generated, palette, weight, argmin);
+  const auto [grad_generated, grad_palette, grad_weight] =
+      uremd_backward_composite(grad_loss, generated, palette, weight, argmin, output_mask);
+  return detail::backward_results(grad_generated, grad_palette, grad_weight, generated, palette,
+                                  weight);
 }
 #endif
 
@@ -394,6 +444,7 @@ TORCH_LIBRARY_IMPL(pickdraw, Meta, m) {
 
 #ifndef PICKDRAW_WITH_CUDA
 TORCH_LIBRARY_IMPL(pickdraw, CUDA, m) {
-  m.impl("_uremd_row_min", TORCH_FN(pickdraw::row_min_without_cuda));
+  m.impl("_uremd_row_min", TORCH_FN(pickdraw::row_min_without_cuda_kernels));
+  m.impl("_uremd_backward", TORCH_FN(pickdraw::backward_without_cuda_kernels));
 }
 #endif

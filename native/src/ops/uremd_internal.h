@@ -75,4 +75,9 @@ std::tuple<at::Tensor, at::Tensor> tiled_row_min(const at::Tensor& generated,
                                                  bool gemm_in_accumulate_type,
                                                  const RowMinKernels& kernels);
 
+// The running row-min and argmin with a select pass of ATen ops instead of a fused kernel: any device,
+// same tiling, same costs and tie rule (lowest index). A build without CUDA kernels runs CUDA tensors
+// through it.
+std::tuple<at::Tensor, at::Tensor> row_min_aten(const at::Tensor& generated, const at::Tensor& palette);
+
 }  // namespace pickdraw::detail
