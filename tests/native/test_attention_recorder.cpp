@@ -38,7 +38,15 @@ TEST(AttentionRecorder, OutputMatchesSdpaAndKeepsConditionalRows) {
   const auto& maps = recorder.maps().at("output.3.0");
   EXPECT_EQ(maps.sizes(), at::IntArrayRef({4, 2, 4, 4}));
   EXPECT_EQ(recorder.features().at("output.3.0").sizes(), at::IntArrayRef({4, 16, kHeads * kDim}));
+  // Features are the image side (the query projection), not the attention output.
+  EXPECT_TRUE(at::equal(recorder.features().at("output.3.0"), q.narrow(0, 2, 4)));
+  recorder.clear();
+  recorder.set_feature_source(pickdraw::FeatureSource::kAttentionOutput);
+  recorder.cross_attention(q, k, v, {"output.3.0", kHeads, {1, 0, 0}, 4, 4});
   EXPECT_TRUE(at::allclose(recorder.features().at("output.3.0"), out.narrow(0, 2, 4), 1e-5, 1e-5));
+  EXPECT_EQ(pickdraw::feature_source_from_name("attn2_query"), pickdraw::FeatureSource::kQuery);
+  EXPECT_STREQ(pickdraw::feature_source_name(pickdraw::FeatureSource::kAttentionOutput), "attn2_output");
+  EXPECT_THROW(pickdraw::feature_source_from_name("attn2_value"), c10::ValueError);
 }
 
 TEST(AttentionRecorder, RecordsOnlyWithGradientsOrCapture) {
