@@ -386,7 +386,8 @@ def guidance_direction(terms, x_in: torch.Tensor) -> tuple[torch.Tensor, dict]:
     raw_rms = {}
     weight_sum = sum(weight for _, weight, _ in active)
     for index, (name, weight, energy) in enumerate(active):
-        scale = _LOSS_SCALE / energy.detach().float().abs().clamp_min(1e-12)
+        # capped so that the scale itself is representable in the energy's dtype (float16: at most 16,376)
+        scale = (_LOSS_SCALE / energy.detach().float().abs().clamp_min(1e-30)).clamp(max=torch.finfo(energy.dtype).max / 4)
         scaled = torch.autograd.grad((energy * scale.to(energy.dtype)).sum(), x_in, retain_graph=index < len(active) - 1)[0]
         raw_rms[name] = (scaled.float().flatten(1).pow(2).mean(1).sqrt() / scale).sum()
         direction += (weight / weight_sum) * unit_direction(scaled)
