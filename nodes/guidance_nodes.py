@@ -8,7 +8,8 @@ from . import comfy_host
 from .types import LayoutTemplate, Palette, ksampler_inputs
 
 
-# Chosen on the toy world's identity / prompt-fidelity front (tests/evaluation/toy_world/README.md).
+# Provisional: the toy world's model does not yet draw its prompts well enough to choose it on its identity /
+# prompt-fidelity front (tests/evaluation/toy_world/README.md).
 DEFAULT_STRENGTH = 0.3
 
 
