@@ -282,7 +282,7 @@ def train_base(toy, latents, captions, steps: int, device, generator, log: Log):
         with torch.no_grad():
             for k, v in unet.state_dict().items():
                 ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay) if v.is_floating_point() else ema[k].copy_(v)
-        log("base", step, steps, float(loss.detach()), 1 if os.environ.get("TOY_DEBUG") else 50)
+        log("base", step, steps, float(loss.detach()), 50)
     clip_state = {k: v.detach().cpu().contiguous() for k, v in clip.cond_stage_model.state_dict().items()}
     return {k: v.cpu().contiguous() for k, v in ema.items()}, clip_state
 
