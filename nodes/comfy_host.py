@@ -70,11 +70,36 @@ def layer_table(model_patcher) -> ops.ModelLayerTable:
     return ops.ModelLayerTable(unet_layout(model_patcher))
 
 
+# Key in transformer_options under which the sampling wrappers name the positive conditioning entries that carry
+# the subject (by ComfyUI's per-entry uuid); a tuple, since ComfyUI's option merge extends lists.
+_SUBJECT_ENTRIES = "pickdraw_subject_entries"
+
+
+def with_subject_entries(conds, model_options: dict) -> dict:
+    """model_options whose transformer_options name the positive entries that carry the subject, so that a
+    conditioning combined from several prompts records maps and features of the subject's prompt only."""
+    positive = conds[0] if conds and conds[0] is not None else []
+    entries = tuple(c.get("uuid") for c in positive if SUBJECT_KEY in c)
+    transformer_options = {**model_options.get("transformer_options", {}), _SUBJECT_ENTRIES: entries}
+    return {**model_options, "transformer_options": transformer_options}
+
+
+def recorded_chunks(extra_options: dict) -> list[int]:
+    """cond_or_uncond as the recorder reads it (0: record these rows): a conditional chunk of another prompt (the
+    other input of a Combine) is marked like an unconditional one. Without the uuids (a caller that is not one of
+    our sampling wrappers) every conditional chunk records."""
+    flags = [int(flag) for flag in extra_options["cond_or_uncond"]]
+    entries, uuids = extra_options.get(_SUBJECT_ENTRIES), extra_options.get("uuids")
+    if entries is None or uuids is None or len(uuids) != len(flags):
+        return flags
+    return [0 if flag == 0 and uuid in entries else 1 for flag, uuid in zip(flags, uuids)]
+
+
 def _recorder_callback(recorder, layer_key: str):
     def attn2_replace(q, k, v, extra_options):
         height, width = extra_options["activations_shape"][-2:]
         return recorder.cross_attention(
-            q, k, v, layer_key, extra_options["n_heads"], list(extra_options["cond_or_uncond"]), height, width
+            q, k, v, layer_key, extra_options["n_heads"], recorded_chunks(extra_options), height, width
         )
 
     return attn2_replace
@@ -303,6 +328,7 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
     def calc_cond_batch(args):
         conds, x, sigma, model, options = args["conds"], args["input"], args["sigma"], args["model"], args["model_options"]
         step, steps, sigma_value = locate(sigma, options)
+        options = with_subject_entries(conds, options)
         run.gradient = None
         if not engine.any_active(step, steps):
             return comfy.samplers.calc_cond_batch(model, conds, x, sigma, options)
@@ -418,7 +444,7 @@ def capture_each_step(model_patcher, engine, on_step):
         conds, x, sigma, model, options = args["conds"], args["input"], args["sigma"], args["model"], args["model_options"]
         step, steps, sigma_value = locate(sigma, options)
         recorder.clear()
-        out = comfy.samplers.calc_cond_batch(model, conds, x, sigma, options)
+        out = comfy.samplers.calc_cond_batch(model, conds, x, sigma, with_subject_entries(conds, options))
         on_step(step, steps, sigma_value, recorder)
         recorder.clear()
         return out

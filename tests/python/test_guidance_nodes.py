@@ -448,3 +448,27 @@ def test_guided_sampling_with_weights_cast_per_layer_as_in_lowvram(ops, env, bat
         (plain,) = comfy_nodes.common_ksampler(patcher, 3, 3, 7.5, "euler", "normal", positive, negative, latent)
     assert len(log) == 3
     torch.testing.assert_close(out["samples"], plain["samples"], rtol=1e-4, atol=1e-4)
+
+
+def test_a_combined_conditioning_records_the_subjects_prompt_only(env):
+    """Combine(another prompt, the subject prompt): ComfyUI runs both entries; the template holds the subject
+    prompt's maps only. The first step's latent is the same noise either way, so its maps equal those of the
+    subject prompt alone (another prompt's maps at the same token positions would change them, or double the rows)."""
+    import nodes as comfy_nodes
+
+    host, clip = env.host, env.clip
+    patcher = sharpen_cross_attention(tiny_sd1_patcher())
+    positive, negative = _prompts(host, clip)
+    other = clip.encode_from_tokens_scheduled(clip.tokenize("a red car in the snow at night"))
+    (combined,) = comfy_nodes.ConditioningCombine().combine(other, positive)
+    latent = {"samples": torch.zeros(1, 4, 16, 16)}
+    alone, _, _ = host.draw_layout_template(patcher, 5, 3, 7.5, "euler", "normal", positive, negative, latent)
+    mixed, _, _ = host.draw_layout_template(patcher, 5, 3, 7.5, "euler", "normal", combined, negative, latent)
+    for layer in alone.metadata.layer_keys:
+        assert mixed.get(0, layer).shape == alone.get(0, layer).shape, layer
+        torch.testing.assert_close(mixed.get(0, layer), alone.get(0, layer), msg=layer)
+    # the flag mapping itself: a conditional chunk of another entry is read as unconditional
+    options = {"cond_or_uncond": [0, 0, 1], "uuids": ["other", "subject", "negative"],
+               "pickdraw_subject_entries": ("subject",)}
+    assert host.recorded_chunks(options) == [1, 0, 1]
+    assert host.recorded_chunks({"cond_or_uncond": [0, 1]}) == [0, 1]
