@@ -211,9 +211,11 @@ def caption_tokens(clip, captions: list[str]) -> tuple[torch.Tensor, list[int]]:
     return torch.tensor(ids), [rows[text] for text in captions]
 
 
-def unet_loss(model, text_encoder, latents, tokens, generator, device, sigmas) -> torch.Tensor:
+def unet_loss(model, text_encoder, latents, tokens, generator, device, sigmas, min_snr: float = 0.0) -> torch.Tensor:
     """Epsilon-prediction loss in ComfyUI's sigma space: x = z0 + sigma * eps, through BaseModel.apply_model
-    (which feeds the UNet c_in * x and the discrete timestep of sigma, as at sampling)."""
+    (which feeds the UNet c_in * x and the discrete timestep of sigma, as at sampling). With min_snr = gamma > 0,
+    each sample is weighted min(SNR, gamma) / SNR (Min-SNR, Hang et al. 2023, arXiv 2303.09556): the easy
+    low-noise steps stop dominating, and the layout and class, decided at high noise, are learnt sooner."""
     batch = latents.shape[0]
     t = torch.randint(0, len(sigmas), (batch,), generator=generator)
     sigma = sigmas[t].to(device)
@@ -222,7 +224,11 @@ def unet_loss(model, text_encoder, latents, tokens, generator, device, sigmas) -
     context, _ = text_encoder(tokens.tolist())
     denoised = model.apply_model(x, sigma, c_crossattn=context)
     predicted_noise = (x - denoised) / sigma.view(-1, 1, 1, 1)
-    return (predicted_noise - noise).pow(2).mean()
+    per_sample = (predicted_noise - noise).pow(2).mean(dim=(1, 2, 3))
+    if min_snr > 0:
+        snr = sigma.pow(-2)
+        per_sample = per_sample * snr.clamp(max=min_snr) / snr
+    return per_sample.mean()
 
 
 def trainable_clip(toy, generator):
@@ -251,29 +257,37 @@ def _residual_out_of_place(layer):
     return forward
 
 
-def train_base(toy, latents, captions, steps: int, device, generator, log: Log):
+def train_base(toy, latents, captions, steps: int, device, generator, log: Log, lr: float, min_snr: float,
+               resume: tuple[dict, dict] | None = None):
+    """The UNet and the text encoder together; `resume` = (unet, clip) weights to continue from instead of a
+    fresh initialisation."""
     model = toy.build_unet(device)
     unet = model.diffusion_model
     init_weights(unet, generator)
     with torch.no_grad():  # zero-initialised output convolution: the UNet starts by predicting no noise
         unet.out[-1].weight.zero_()
         unet.out[-1].bias.zero_()
+    clip, encoder = trainable_clip(toy, generator)
+    if resume is not None:
+        unet.load_state_dict(resume[0])
+        clip.cond_stage_model.load_state_dict(resume[1], strict=False)
+        encoder.float()
     unet.train()
     for parameter in unet.parameters():
         parameter.requires_grad_(True)
-    clip, encoder = trainable_clip(toy, generator)
     encoder.to(device)
     tokens, rows = caption_tokens(clip, captions)
     rows = torch.tensor(rows)
     sigmas = model.model_sampling.sigmas.detach().float().cpu()
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     optimizer = torch.optim.AdamW([{"params": unet.parameters()}, {"params": encoder.parameters()}],
-                                  lr=3e-4, weight_decay=0.01)
+                                  lr=lr, weight_decay=0.01)
     batch = 32
     for step in range(1, steps + 1):
-        cosine_lr(optimizer, step, steps, [3e-4, 2e-4])
+        cosine_lr(optimizer, step, steps, [lr, lr])
         index = torch.randint(len(latents), (batch,), generator=generator)
-        loss = unet_loss(model, encoder, latents[index].to(device), tokens[rows[index]], generator, device, sigmas)
+        loss = unet_loss(model, encoder, latents[index].to(device), tokens[rows[index]], generator, device, sigmas,
+                         min_snr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(encoder.parameters()), 1.0)
@@ -400,6 +414,10 @@ def main() -> int:
     parser.add_argument("--base-steps", type=int, default=3000)
     parser.add_argument("--decoder-steps", type=int, default=700)
     parser.add_argument("--lora-steps", type=int, default=300)
+    parser.add_argument("--base-lr", type=float, default=5e-4, help="peak learning rate of the base stage")
+    parser.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR loss weighting of the base stage (0: off)")
+    parser.add_argument("--resume", action="store_true",
+                        help="base stage: continue from the UNet and text encoder in --out instead of a fresh start")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiplies every stage's steps")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -440,11 +458,18 @@ def main() -> int:
         started = time.time()
         latents = encode_images(vae_state, toy, images, device)
         print(f"encoded {len(latents)} pictures: latent std {float(latents.std()):.3f} (UNet scale)", flush=True)
-        unet_state, clip_state = train_base(toy, latents, captions, steps["base"], device, generator, log)
+        resume = None
+        if args.resume:
+            resume = (load_state(out / "toy_world_unet.safetensors"), load_state(out / "toy_world_clip.safetensors"))
+        unet_state, clip_state = train_base(toy, latents, captions, steps["base"], device, generator, log,
+                                            args.base_lr, args.min_snr, resume)
         save(out / "toy_world_unet.safetensors", unet_state)
         save(out / "toy_world_clip.safetensors", clip_state)
-        record["stages"]["base"] = {"steps": steps["base"], "seconds": round(time.time() - started), "images": args.images,
-                                    "batch": 32, "loss": log.records["base"]}
+        base_record = {"steps": steps["base"], "seconds": round(time.time() - started), "images": args.images,
+                       "batch": 32, "lr": args.base_lr, "min_snr": args.min_snr, "loss": log.records["base"]}
+        if args.resume and "base" in record["stages"]:
+            base_record["resumed_from"] = record["stages"]["base"]  # the run whose weights this one continued
+        record["stages"]["base"] = base_record
     if "lora" in stages:
         started = time.time()
         lora, personal = train_lora(toy, load_state(out / "toy_world_unet.safetensors"),
