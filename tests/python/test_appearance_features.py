@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_env import PoolingVae, require_comfyui, sharpen_cross_attention, subject_conditioning, tiny_sd1_patcher, tiny_sdxl_patcher
+from comfy_env import (PoolingVae, guidance_stores, require_comfyui, sharpen_cross_attention, subject_conditioning,
+                       tiny_sd1_patcher, tiny_sdxl_patcher)
 
 SEEDS = 16
 
@@ -192,3 +193,49 @@ def test_older_palettes_of_attention_outputs_are_refused(host):
     metadata.feature_source = "attn2_output"
     with pytest.raises(ValueError, match="pick it again"):
         host._guidance_engine(model, positive, ops.Palette(metadata), None, {})
+
+
+def _one_euler_step(host, model, positive, negative, palette, template, weights, x, sigmas, strength):
+    """One guided Euler step from x (the model's latent scale) over sigmas [sigma, next]: (energy of the guided
+    terms at x, the unit direction the guidance took, the step's result in the model's scale)."""
+    import comfy.sample
+    import comfy.samplers
+
+    engine = host._guidance_engine(model, positive, palette, template, weights)
+    guided, run = host.guide_model(model, engine, palette, template, strength)
+    out = comfy.sample.sample_custom(guided, torch.zeros_like(x), 5.0, comfy.samplers.sampler_object("euler"), sigmas,
+                                     positive, negative, model.model.process_latent_out(x), disable_pbar=True, seed=0)
+    (entry,) = run.log
+    return entry, run.gradient.clone(), model.model.process_latent_in(out).float()
+
+
+@pytest.mark.parametrize("term", ["appearance", "layout"])
+def test_a_small_guided_step_lowers_each_energy_as_its_gradient_predicts(host, term, monkeypatch):
+    """Directional derivative: over one guided Euler step at a small strength, the energy's change E(x + dx) - E(x)
+    matches <grad E(x), dx> (dx: the guided minus the plain step's result) and is negative, at three sigmas. The
+    gradient comes from the guided step's own backward (its unit direction times the raw gradient's RMS, with the
+    elementwise clip off so that the direction is the gradient's); the change is measured by evaluating the energy
+    again. A flipped sign, a wrong loss-scale division or a displacement applied elsewhere than along the gradient
+    fails it."""
+    import comfy.samplers
+
+    monkeypatch.setattr(host, "_GRADIENT_CLIP_RMS", 1e30)
+    model, context = _model("sd1")
+    positive, negative = subject_conditioning("sd1", 0, context)
+    palette, template = guidance_stores(model, positive, negative, 3, 4, 5.0, 8)
+    on = {"appearance_weight": 1.0 if term == "appearance" else 0.0, "layout_weight": 1.0 if term == "layout" else 0.0,
+          "appearance_end": 1.0, "layout_end": 1.0}
+    schedule = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 4)
+    for index in range(3):
+        sigmas = schedule[index:index + 2]
+        x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(index)) * float(sigmas[0])
+        before, direction, guided = _one_euler_step(host, model, positive, negative, palette, template, on, x, sigmas, 0.05)
+        _, _, plain = _one_euler_step(host, model, positive, negative, palette, template, on, x, sigmas, 0.0)
+        dx = guided - plain
+        after, _, _ = _one_euler_step(host, model, positive, negative, palette, template, on, x + dx, sigmas, 0.0)
+        gradient = direction * float(before[f"{term}_gradient_rms"])
+        predicted = float((gradient * dx).sum())
+        change = float(after[term]) - float(before[term])
+        print(term, index, float(sigmas[0]), float(before[term]), change, predicted)
+        assert predicted < 0, (index, predicted)
+        assert change == pytest.approx(predicted, rel=0.05), (term, index, change, predicted)
