@@ -178,17 +178,49 @@ def _make_weights_differentiable(model) -> int:
     return converted
 
 
-def _check_attention_backend() -> None:
-    """Guidance differentiates through every layer; the Sage and Flash backends have no backward."""
-    import comfy.cli_args
+def _differentiable_attention(func, *args, **kwargs):
+    """ComfyUI's PyTorch attention in place of the function ComfyUI or a pack's override would run (an
+    optimized_attention_override: called with that function and its arguments)."""
+    import comfy.ldm.modules.attention as attention
 
-    args = comfy.cli_args.args
-    chosen = [name for name, flag in (("Sage attention", "use_sage_attention"), ("Flash attention", "use_flash_attention"))
-              if getattr(args, flag, False)]
-    if chosen:
-        raise RuntimeError(f"ComfyUI runs with {chosen[0]}, which has no backward pass, and Pick-and-Draw guidance needs "
-                           "gradients through the model's attention: start ComfyUI with --use-pytorch-cross-attention "
-                           "(or without --use-sage-attention / --use-flash-attention) to guide")
+    return attention.attention_pytorch(*args, **kwargs)
+
+
+_attention_swap_logged: set[str] = set()
+
+
+# ComfyUI's attention functions that have a backward pass; any other one it chose (Sage, Flash, Comfy Kitchen and
+# whatever comes next) is treated as having none.
+_ATTENTION_WITH_BACKWARD = ("attention_pytorch", "attention_sub_quad", "attention_split", "attention_basic",
+                            "attention_xformers")
+
+
+def _attention_without_backward(transformer_options: dict) -> str | None:
+    """What would run attention without a backward pass in a forward with these options, or None."""
+    import comfy.ldm.modules.attention as attention
+
+    override = transformer_options.get("optimized_attention_override")
+    if override is not None and override is not _differentiable_attention:
+        return "another node's attention override"
+    chosen = getattr(getattr(attention, "optimized_attention", None), "__name__", "attention_pytorch")
+    return None if chosen in _ATTENTION_WITH_BACKWARD else f"ComfyUI's attention ({chosen})"
+
+
+def with_differentiable_attention(model_options: dict) -> dict:
+    """model_options for a guided step's forward pass with gradients: a guided step differentiates through every
+    attention layer, and Sage, Flash and other fused kernels (ComfyUI's choice, or another pack's per-model
+    attention override) have no backward, so that pass runs PyTorch's attention instead (said once); without
+    them, the options as they are."""
+    transformer_options = model_options.get("transformer_options", {})
+    reason = _attention_without_backward(transformer_options)
+    if reason is None:
+        return model_options
+    if reason not in _attention_swap_logged:
+        _attention_swap_logged.add(reason)
+        logger.info("Pick-and-Draw: %s has no backward pass; the guided steps' passes with gradients run PyTorch "
+                    "attention instead (every other pass keeps it)", reason)
+    transformer_options = {**transformer_options, "optimized_attention_override": _differentiable_attention}
+    return {**model_options, "transformer_options": transformer_options}
 
 
 class GuidanceRun:
@@ -315,7 +347,6 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
     with gradients (True), the unconditional rows apart without gradients (False), or chosen at the first
     guided step of each run from ComfyUI's VRAM mode and free memory (None).
     """
-    _check_attention_backend()
     table = layer_table(model_patcher)
     recorder = ops.AttentionRecorder(engine.recorder_layers(), list(engine.config.token_indices))
     family = model_family(model_patcher)
@@ -345,7 +376,8 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
             with_gradients = conds if run.batched else conds[:1]
             # the split pass is the one that saves memory: it recomputes the feed-forward activations too
             with _feed_forwards_recomputed(run.feed_forwards):
-                outs = comfy.samplers.calc_cond_batch(model, with_gradients, x_in, sigma.detach().clone(), options)
+                outs = comfy.samplers.calc_cond_batch(model, with_gradients, x_in, sigma.detach().clone(),
+                                                      with_differentiable_attention(options))
             loss = engine.step_loss(recorder, palette, layout_template, sigma_value, step, steps)
             terms = []
             if loss.appearance_on:

@@ -305,16 +305,50 @@ def test_other_attn2_patches_keep_working_on_unwatched_layers_and_are_named_on_w
     assert "output.3.0" in recorder.maps()
 
 
-@pytest.mark.parametrize("flag", ["use_sage_attention", "use_flash_attention"])
-def test_attention_backends_without_backward_are_refused_clearly(ops, host, monkeypatch, flag):
-    import comfy.cli_args
+@pytest.mark.parametrize("chosen_by", ["comfyui", "another pack"])
+def test_guided_steps_run_pytorch_attention_where_the_chosen_one_has_no_backward(host, monkeypatch, caplog, chosen_by):
+    """Where ComfyUI's attention (Sage, Flash, ...) or another pack's per-model attention override has no backward,
+    the guided steps' passes with gradients run PyTorch attention, saying so once, and every other pass keeps the
+    chosen one. The chosen one here is an inference-only stand-in that computes PyTorch's attention but refuses
+    tensors that need gradients, as a kernel without a backward fails; the result equals a run on PyTorch
+    attention throughout."""
+    import comfy.ldm.modules.attention as attention
+    from comfy_env import guidance_stores
 
-    monkeypatch.setattr(comfy.cli_args.args, flag, True)
-    config = ops.GuidanceConfig()
-    config.layout_layers = ["output.3.0"]
-    config.token_indices = [2]
-    with pytest.raises(RuntimeError, match="no backward pass.*--use-pytorch-cross-attention"):
-        host.guide_model(tiny_sd1_patcher(), ops.GuidanceEngine(config), None, None, 1.0)
+    calls = []
+
+    def attention_without_backward(q, k, v, *args, **kwargs):
+        if torch.is_grad_enabled() and q.requires_grad:
+            raise RuntimeError("this attention kernel has no backward")
+        calls.append(q.shape[0])
+        return attention.attention_pytorch(q, k, v, *args, **kwargs)
+
+    model = sharpen_cross_attention(tiny_sd1_patcher())
+    positive, negative = subject_conditioning("sd1", 0, 64)
+    monkeypatch.setattr(attention, "optimized_attention", attention.attention_pytorch)
+    palette, template = guidance_stores(model, positive, negative, 3, 3, 5.0, 8)
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 1.0}
+
+    def run(patcher):
+        out, log = host.guided_sample(patcher, 3, 3, 5.0, "euler", "normal", positive, negative, latent, 1.0, palette,
+                                      template, weights, 0.3, batched=False)
+        return out["samples"], log
+
+    reference, _ = run(model)
+    chosen = model.clone()
+    if chosen_by == "another pack":
+        chosen.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = \
+            lambda func, *args, **kwargs: attention_without_backward(*args, **kwargs)
+    else:
+        monkeypatch.setattr(attention, "optimized_attention", attention.wrap_attn(attention_without_backward))
+    monkeypatch.setattr(host, "_attention_swap_logged", set())
+    with caplog.at_level("INFO", logger="pickdraw"):
+        guided, log = run(chosen)
+        run(chosen)
+    assert len(log) == 3 and calls, "the passes without gradients (the unconditional rows) keep the chosen attention"
+    torch.testing.assert_close(guided, reference, rtol=0, atol=0)
+    assert caplog.text.count("no backward pass") == 1 and "PyTorch attention" in caplog.text
 
 
 def test_sdxl_shaped_models_are_recognised_and_guided(ops, host):
