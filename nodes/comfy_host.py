@@ -77,9 +77,12 @@ _SUBJECT_ENTRIES = "pickdraw_subject_entries"
 
 def with_subject_entries(conds, model_options: dict) -> dict:
     """model_options whose transformer_options name the positive entries that carry the subject, so that a
-    conditioning combined from several prompts records maps and features of the subject's prompt only."""
+    conditioning combined from several prompts records maps and features of the subject's prompt only (as they
+    are when no entry carries it: an engine given the token positions directly)."""
     positive = conds[0] if conds and conds[0] is not None else []
     entries = tuple(c.get("uuid") for c in positive if SUBJECT_KEY in c)
+    if not entries:
+        return model_options
     transformer_options = {**model_options.get("transformer_options", {}), _SUBJECT_ENTRIES: entries}
     return {**model_options, "transformer_options": transformer_options}
 
@@ -290,7 +293,8 @@ def _batch_guided_pass(requested: bool | None, family: str, model, x, conds) -> 
     One pass launches half the kernels (a UNet step is launch-bound at SD1.5 sizes: 3.75x a plain step against
     4.12x split, SD1.5 at 512 px on an H100) but keeps the unconditional rows' activations for the backward too
     (2.05x a plain step's peak memory against 1.54x). So: one pass unless ComfyUI runs in a low-VRAM mode or the
-    estimate for it exceeds the free memory ComfyUI reports."""
+    estimate for it exceeds the free memory ComfyUI reports: its model patcher's answer where it has one (with
+    dynamic VRAM that counts the weights it can stream out), else the device's."""
     if requested is not None:
         return requested
     import comfy.model_management as mm
@@ -301,7 +305,8 @@ def _batch_guided_pass(requested: bool | None, family: str, model, x, conds) -> 
     dtype = getattr(model, "manual_cast_dtype", None) or model.get_dtype()
     rows = x.shape[0] * sum(1 for c in conds if c is not None)
     needed = guided_pass_bytes(family, rows, x.shape[-2], x.shape[-1], mm.dtype_size(dtype))
-    free = mm.get_free_memory(x.device)
+    ask = getattr(getattr(model, "current_patcher", None), "get_free_memory", None)
+    free = ask(x.device) if ask is not None else mm.get_free_memory(x.device)
     if needed > free:
         _say_split_once("memory", f"both CFG rows with gradients need about {needed / 2**30:.1f} GiB and ComfyUI "
                                   f"reports {free / 2**30:.1f} GiB free")

@@ -204,6 +204,27 @@ def test_guided_passes_follow_comfyuis_vram_mode_and_free_memory(host, monkeypat
     assert caplog.text.count("GiB free") == 1 and caplog.text.count("low-VRAM mode") == 1
 
 
+def test_free_memory_is_asked_of_the_model_patcher_where_it_answers(host, monkeypatch):
+    """ComfyUI's dynamic-VRAM patcher counts the weights it can stream out as free: its answer decides."""
+    import comfy.model_management as mm
+
+    model = tiny_sd1_patcher().model
+    x = torch.zeros(1, 4, 64, 64)
+    needed = host.guided_pass_bytes("sd1", 2, 64, 64, 4)
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NORMAL_VRAM)
+    monkeypatch.setattr(mm, "get_free_memory", lambda device=None, torch_free_too=False: 1)
+    asked = []
+
+    class Patcher:
+        def get_free_memory(self, device):
+            asked.append(device)
+            return needed + 1
+
+    monkeypatch.setattr(model, "current_patcher", Patcher(), raising=False)
+    assert host._batch_guided_pass(None, "sd1", model, x, [object(), object()]) is True
+    assert asked == [x.device]
+
+
 def test_a_guided_run_splits_its_passes_when_memory_is_short(ops, host, monkeypatch):
     import comfy.model_management as mm
 
