@@ -157,8 +157,23 @@ class StepLocator:
 _weights_converted_logged = False
 
 
-def _make_weights_differentiable(model) -> int:
-    """Replaces inference tensors among the diffusion model's weights by ordinary tensors.
+def _control_networks(conds) -> list[torch.nn.Module]:
+    """The networks of the ControlNets (with the ones they chain to) attached to these conditioning entries: a
+    guided step differentiates through them too, since they read the latent."""
+    found: list[torch.nn.Module] = []
+    for entries in conds:
+        for entry in entries or []:
+            control = entry.get("control")
+            while control is not None:
+                network = getattr(control, "control_model", None)
+                if isinstance(network, torch.nn.Module) and all(network is not other for other in found):
+                    found.append(network)
+                control = getattr(control, "previous_controlnet", None)
+    return found
+
+
+def _make_weights_differentiable(*networks: torch.nn.Module) -> int:
+    """Replaces inference tensors among the networks' weights by ordinary tensors.
 
     ComfyUI loads (and LoRA-patches) weights under torch.inference_mode(); such tensors cannot be saved
     for backward. They are cloned one at a time, each original dropped before the next is copied, so the
@@ -168,7 +183,7 @@ def _make_weights_differentiable(model) -> int:
     global _weights_converted_logged
     converted = 0
     with torch.inference_mode(False):
-        for module in model.diffusion_model.modules():
+        for module in (m for network in networks for m in network.modules()):
             for store in (module._parameters, module._buffers):
                 for name, tensor in list(store.items()):
                     if tensor is not None and tensor.is_inference():
@@ -224,6 +239,58 @@ def with_differentiable_attention(model_options: dict) -> dict:
                     "attention instead (every other pass keeps it)", reason)
     transformer_options = {**transformer_options, "optimized_attention_override": _differentiable_attention}
     return {**model_options, "transformer_options": transformer_options}
+
+
+_in_place_patch_logged = False
+
+
+def _on_copies(patch, tensors: int):
+    """A UNet block patch called with copies of its first `tensors` arguments (the hidden states). A patch that
+    writes into them in place breaks autograd even on copies (it overwrites values its own arithmetic saved): it
+    runs again without gradients and its effect passes to the backward as a constant offset (said once)."""
+    def patch_on_copies(*args):
+        global _in_place_patch_logged
+        states = [a.clone() for a in args[:tensors]]
+        versions = [state._version for state in states]
+        out = patch(*states, *args[tensors:])
+        if all(state._version == version for state, version in zip(states, versions)):
+            return out
+        if not _in_place_patch_logged:
+            _in_place_patch_logged = True
+            logger.info("Pick-and-Draw: a UNet block patch (%s) writes into the hidden states in place; in the guided "
+                        "passes the guidance gradient passes through it as through the identity",
+                        getattr(patch, "__qualname__", type(patch).__name__))
+        with torch.no_grad():
+            detached = patch(*(a.detach().clone() for a in args[:tensors]), *args[tensors:])
+        if tensors == 1:
+            return args[0] + (detached - args[0].detach())
+        return tuple(a + (d - a.detach()) for a, d in zip(args[:tensors], detached))
+
+    patch_on_copies.original = patch
+    return patch_on_copies
+
+
+# The UNet block patches whose leading arguments are hidden states, and how many: a patch may write into them in
+# place (FreeU V2 scales h[:, :C/2] in place), which autograd refuses when the backward needs their old values.
+_BLOCK_PATCH_STATES = {"input_block_patch": 1, "input_block_patch_after_skip": 1, "output_block_patch": 2}
+
+
+def with_block_patches_on_copies(model_options: dict) -> dict:
+    """model_options for a guided step's forward pass with gradients in which every UNet block patch works on
+    copies of the hidden states it is given (one copy of h per patched block, in the guided passes only)."""
+    transformer_options = model_options.get("transformer_options", {})
+    patches = transformer_options.get("patches", {})
+    wrapped = {name: [_on_copies(p, _BLOCK_PATCH_STATES[name]) for p in patches[name]]
+               for name in _BLOCK_PATCH_STATES if patches.get(name)}
+    if not wrapped:
+        return model_options
+    transformer_options = {**transformer_options, "patches": {**patches, **wrapped}}
+    return {**model_options, "transformer_options": transformer_options}
+
+
+def guided_pass_options(model_options: dict) -> dict:
+    """model_options for the forward pass with gradients of a guided step (see the two functions it applies)."""
+    return with_block_patches_on_copies(with_differentiable_attention(model_options))
 
 
 class GuidanceRun:
@@ -314,6 +381,40 @@ def _batch_guided_pass(requested: bool | None, family: str, model, x, conds) -> 
     return True
 
 
+def _add_control_out_of_place(h, control, name):
+    """Adds the next ControlNet residual of this block kind to the hidden states as a new tensor."""
+    residuals = control.get(name) if control is not None else None
+    if not residuals:
+        return h
+    residual = residuals.pop()
+    if residual is None:
+        return h
+    try:
+        return h + residual
+    except RuntimeError:
+        logger.warning("Pick-and-Draw: a ControlNet residual of shape %s does not fit hidden states of shape %s; "
+                       "it is left out", tuple(residual.shape), tuple(h.shape))
+        return h
+
+
+@contextlib.contextmanager
+def _controls_added_out_of_place(conds):
+    """While the block runs (a guided pass whose conditioning carries a ControlNet), ComfyUI's UNet adds the
+    ControlNet residuals to its hidden states out of place: its own apply_control adds them in place, over tensors
+    that the backward needs (the skip connections the next blocks read)."""
+    import comfy.ldm.modules.diffusionmodules.openaimodel as unet
+
+    original = getattr(unet, "apply_control", None)
+    if original is None or not _control_networks(conds):
+        yield
+        return
+    unet.apply_control = _add_control_out_of_place
+    try:
+        yield
+    finally:
+        unet.apply_control = original
+
+
 def _feed_forward_blocks(model) -> list:
     return [m for m in model.diffusion_model.modules() if isinstance(m, comfy.ldm.modules.attention.FeedForward)]
 
@@ -371,7 +472,7 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
         with torch.inference_mode(False), torch.enable_grad():
             # ComfyUI loads and patches (LoRA) weights when a sampling run starts, not between its steps
             if run.last_guided_step is None or step <= run.last_guided_step:
-                _make_weights_differentiable(model)
+                _make_weights_differentiable(model.diffusion_model, *_control_networks(conds))
                 run.batched = _batch_guided_pass(batched, family, model, x, conds)
                 recorder.recompute_maps = not run.batched  # the split pass is the one that saves memory
                 run.feed_forwards = [] if run.batched else _feed_forward_blocks(model)
@@ -380,9 +481,9 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
             recorder.clear()
             with_gradients = conds if run.batched else conds[:1]
             # the split pass is the one that saves memory: it recomputes the feed-forward activations too
-            with _feed_forwards_recomputed(run.feed_forwards):
+            with _feed_forwards_recomputed(run.feed_forwards), _controls_added_out_of_place(with_gradients):
                 outs = comfy.samplers.calc_cond_batch(model, with_gradients, x_in, sigma.detach().clone(),
-                                                      with_differentiable_attention(options))
+                                                      guided_pass_options(options))
             loss = engine.step_loss(recorder, palette, layout_template, sigma_value, step, steps)
             terms = []
             if loss.appearance_on:

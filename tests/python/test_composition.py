@@ -1,0 +1,82 @@
+"""Guided sampling composed with core ComfyUI nodes that patch the MODEL or build CONDITIONING, on a real ComfyUI
+with tiny SD1.x models (skipped without ComfyUI)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfy_env import guidance_stores, require_comfyui, sharpen_cross_attention, subject_conditioning, tiny_sd1_patcher
+
+
+@pytest.fixture(scope="module")
+def host():
+    return require_comfyui()
+
+
+@pytest.fixture(scope="module")
+def setting(host):
+    """A tiny SD1 MODEL loaded as ComfyUI loads prompts' models (under inference mode), its stores and prompts."""
+    with torch.inference_mode():
+        model = sharpen_cross_attention(tiny_sd1_patcher())
+    positive, negative = subject_conditioning("sd1", 0, 64)
+    palette, template = guidance_stores(model, positive, negative, 3, 3, 5.0, 8)
+    return model, positive, negative, palette, template
+
+
+def _guided(host, setting, model=None, positive=None, strength=0.3, batched=None):
+    base, base_positive, negative, palette, template = setting
+    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 1.0}
+    with torch.inference_mode():  # as ComfyUI executes a prompt
+        out, log = host.guided_sample(model or base, 3, 3, 5.0, "euler", "normal", positive or base_positive, negative,
+                                      {"samples": torch.zeros(1, 4, 8, 8)}, 1.0, palette, template, weights, strength,
+                                      batched=batched)
+    return out["samples"], log
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_freeu_v2_writes_in_place_and_still_composes(host, setting, batched):
+    """FreeU V2 scales the hidden states in place in its output-block patch ("one of the variables needed for
+    gradient computation has been modified by an inplace operation" before): in the guided passes it takes part,
+    its effect passed to the backward as a constant offset."""
+    from comfy_extras.nodes_freelunch import FreeU_V2
+
+    (freeu,) = FreeU_V2().patch(setting[0], 1.3, 1.4, 0.9, 0.2)
+    guided, log = _guided(host, setting, model=freeu, batched=batched)
+    plain_freeu, _ = _guided(host, setting, model=freeu, strength=0.0)
+    guided_alone, _ = _guided(host, setting)
+    assert torch.isfinite(guided).all() and len(log) == 3
+    assert not torch.equal(guided, plain_freeu) and not torch.equal(guided, guided_alone)
+
+
+def _tiny_controlnet(model):
+    """A ControlNet of the tiny UNet's shape with random weights, made as ComfyUI loads one (inference tensors)."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.ops
+
+    config = {k: v for k, v in model.model.model_config.unet_config.items() if k not in ("out_channels",)}
+    with torch.inference_mode():
+        network = comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.disable_weight_init, **config)
+        generator = torch.Generator().manual_seed(4)
+        for tensor in network.state_dict().values():
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.05)
+    assert next(network.parameters()).is_inference()
+    return comfy.controlnet.ControlNet(network, load_device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_controlnet_on_the_positive_composes(host, setting, batched):
+    """ControlNet apply on the positive: the guided passes differentiate through the ControlNet, whose weights
+    ComfyUI loaded as inference tensors ("Inference tensors cannot be saved for backward" before)."""
+    import nodes as comfy_nodes
+
+    model, positive, negative = setting[0], setting[1], setting[2]
+    hint = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        controlled, _ = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
+            positive, negative, _tiny_controlnet(model), hint, 1.0, 0.0, 1.0)
+    guided, log = _guided(host, setting, positive=controlled, batched=batched)
+    uncontrolled, _ = _guided(host, setting)
+    assert torch.isfinite(guided).all() and len(log) == 3
+    assert not torch.equal(guided, uncontrolled), "the ControlNet took part"
