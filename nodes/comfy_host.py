@@ -484,6 +484,16 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
             with _feed_forwards_recomputed(run.feed_forwards), _controls_added_out_of_place(with_gradients):
                 outs = comfy.samplers.calc_cond_batch(model, with_gradients, x_in, sigma.detach().clone(),
                                                       guided_pass_options(options))
+            if not recorder.maps():
+                # no entry carrying the subject ran at this step (ConditioningSetTimestepRange and the like): the
+                # guidance is off here, and guided_sample says so when the run ends
+                recorder.clear()
+                run._log.append({"step": step, "sigma": sigma_value, "subject_absent": True})
+                outs = [out.detach() if out is not None else None for out in outs]
+                if not run.batched:
+                    with torch.no_grad():
+                        outs = outs + comfy.samplers.calc_cond_batch(model, conds[1:], x, sigma, options)
+                return outs
             loss = engine.step_loss(recorder, palette, layout_template, sigma_value, step, steps)
             terms = []
             if loss.appearance_on:
@@ -756,8 +766,13 @@ def guided_sample(model_patcher, seed, steps, cfg, sampler_name, scheduler, posi
 
 
 def report_unguided_steps(log: list[dict]) -> None:
-    """Says which guided steps were not applied because their gradient was not finite (float16 overflow, a NaN
-    in the model): those samples took the plain step there."""
+    """Says which guided steps were not applied: where the subject's prompt did not run (a timestep range on its
+    conditioning), and where the gradient was not finite (float16 overflow, a NaN in the model): those samples
+    took the plain step there."""
+    absent = [entry["step"] for entry in log if entry.get("subject_absent")]
+    if absent:
+        logger.info("Pick-and-Draw: the subject's prompt did not run at step(s) %s (a timestep range on its "
+                    "conditioning); the guidance was off there", ", ".join(map(str, absent)))
     skipped = [entry["step"] for entry in log if entry.get("not_finite")]
     if skipped:
         logger.warning("Pick-and-Draw: the guidance gradient was not finite at step(s) %s; those steps were sampled "
@@ -795,6 +810,18 @@ def _recording_setup(model_patcher, positive, **config_fields):
     return family, subject, config, ops.GuidanceEngine(config)
 
 
+def _report_absent_subject(what: str, absent: list[int], total: int) -> None:
+    """After a capture pass: the steps at which no conditioning entry carrying the subject ran (a timestep range on
+    it) hold no entry in the store, which is said; a pass in which it never ran is refused."""
+    if not absent:
+        return
+    if len(absent) == total:
+        raise ValueError(f"the subject's prompt did not run at any step of the {what}'s pass (a timestep range on its "
+                         "conditioning?): connect a conditioning that is active for at least one step")
+    logger.info("Pick-and-Draw: the subject's prompt did not run at step(s) %s of the %s's pass (a timestep range on "
+                "its conditioning); the %s holds no entry there", ", ".join(map(str, absent)), what, what)
+
+
 def _store_metadata(family, layers, subject, sigmas, feature_source, height, width, extra, tau=0.5):
     metadata = ops.GuidanceMetadata()
     metadata.model_family = family
@@ -820,7 +847,12 @@ def draw_layout_template(model_patcher, seed, steps, cfg, sampler_name, schedule
         smoothing_kernel=kernel_size, smoothing_sigma=smoothing_sigma)
     recorded = []  # (step, sigma, {layer: smoothed map})
 
+    absent = []
+
     def on_step(step, steps_total, sigma, recorder):
+        if not recorder.maps():
+            absent.append(step)
+            return
         maps = {key: ops.gaussian_smooth(recorder.maps()[key].mean(1).detach().clone(), kernel_size, smoothing_sigma)
                 for key in config.layout_layers}
         recorded.append((step, sigma, maps))
@@ -828,6 +860,7 @@ def draw_layout_template(model_patcher, seed, steps, cfg, sampler_name, schedule
     capturing = capture_each_step(model_patcher, engine, on_step)
     (out,) = comfy_nodes.common_ksampler(capturing, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                          latent, denoise=denoise)
+    _report_absent_subject("layout template", absent, len(absent) + len(recorded))
     template = ops.LayoutTemplate(_store_metadata(
         family, config.layout_layers, subject, [sigma for _, sigma, _ in recorded], "attn2_probabilities",
         latent["samples"].shape[-2] * 8, latent["samples"].shape[-1] * 8,
@@ -882,11 +915,14 @@ def pick_palette(model_patcher, vae, image, positive, steps, scheduler, mask=Non
     schedule = comfy.samplers.calculate_sigmas(model_patcher.get_model_object("model_sampling"), scheduler, steps)
     ascending = schedule[schedule > 0].flip(0)
     recorded = []  # (sigma, {layer: features}, token map, mask)
-    calls = []
+    calls, absent = [], []
 
     def on_step(step, steps_total, sigma, recorder):
         calls.append(sigma)
         if len(calls) == 1:  # _invert's first call, on the clean latent, only finds the way to the first level
+            return
+        if not recorder.maps():
+            absent.append(len(calls) - 2)
             return
         entries, masks = {}, {}
         for layer in config.appearance_layers:
@@ -916,6 +952,7 @@ def pick_palette(model_patcher, vae, image, positive, steps, scheduler, mask=Non
         preview_and_progress(step, x0, x, len(ascending))
     comfy.sample.sample_custom(capturing, torch.zeros_like(latent), 1.0, sampler, ascending, positive, positive, latent,
                                callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)
+    _report_absent_subject("palette", absent, len(absent) + len(recorded))
     palette = ops.Palette(_store_metadata(
         family, config.appearance_layers, subject, [sigma for sigma, _, _, _ in recorded], PALETTE_FEATURE_SOURCE,
         image.shape[1], image.shape[2],

@@ -80,3 +80,31 @@ def test_a_controlnet_on_the_positive_composes(host, setting, batched):
     uncontrolled, _ = _guided(host, setting)
     assert torch.isfinite(guided).all() and len(log) == 3
     assert not torch.equal(guided, uncontrolled), "the ControlNet took part"
+
+
+def test_a_timestep_range_on_the_subject_prompt_turns_the_terms_off_where_it_does_not_run(host, setting, caplog):
+    """ConditioningSetTimestepRange on the subject's prompt (first half only): the template and the palette hold
+    entries for the steps where it ran, the guided run guides there and says where it did not (KeyError
+    'input.1.0', KeyError 'output.0.0' and "no features were recorded" before); a pass in which it never ran is
+    refused by name."""
+    import nodes as comfy_nodes
+
+    from comfy_env import PoolingVae
+
+    model, positive, negative = setting[0], setting[1], setting[2]
+    (first_half,) = comfy_nodes.ConditioningSetTimestepRange().set_range(positive, 0.0, 0.5)
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    with caplog.at_level("INFO", logger="pickdraw"), torch.inference_mode():
+        template, _, _ = host.draw_layout_template(model, 3, 6, 5.0, "euler", "normal", first_half, negative, latent)
+        palette, _, _ = host.pick_palette(model, PoolingVae(), torch.rand(1, 64, 64, 3), first_half, 6, "normal")
+        weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 1.0}
+        out, log = host.guided_sample(model, 3, 6, 5.0, "euler", "normal", first_half, negative, latent, 1.0, palette,
+                                      template, weights, 0.3)
+    assert 0 < len(template.metadata.sigmas) < 6 and 0 < len(palette.metadata.sigmas) < 6
+    absent = [entry["step"] for entry in log if entry.get("subject_absent")]
+    guided = [entry["step"] for entry in log if not entry.get("subject_absent")]
+    assert guided and absent and max(guided) < min(absent), (guided, absent)
+    assert torch.isfinite(out["samples"]).all()
+    assert "the layout template holds no entry there" in caplog.text and "the guidance was off there" in caplog.text
+    with pytest.raises(ValueError, match="did not run at any step of the layout template"):
+        host._report_absent_subject("layout template", [0, 1, 2], 3)
