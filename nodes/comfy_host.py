@@ -108,26 +108,39 @@ def _recorder_callback(recorder, layer_key: str):
     return attn2_replace
 
 
+def _chained(record, other):
+    """An attn2 replace that records through the recorder, then returns what another pack's replace on the same
+    layer computes (IPAdapter and the like): the recorder reads q and k, the other pack's output flows on."""
+    def attn2_replace(q, k, v, extra_options):
+        record(q, k, v, extra_options)
+        return other(q, k, v, extra_options)
+
+    return attn2_replace
+
+
 def attach_recorder(model_patcher, recorder, table):
     """A clone of the MODEL whose watched cross-attention layers run through `recorder`.
 
     The clone's model_options are deep copies, but the callbacks are plain functions that refer to the
-    one recorder, so every copy ComfyUI makes while sampling records into the same place.
+    one recorder, so every copy ComfyUI makes while sampling records into the same place. ComfyUI keeps one attn2
+    replace per layer: where another pack has one on a watched layer, the two run chained (ours records, theirs
+    computes the layer's output).
     """
     patched = model_patcher.clone()
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-    displaced = []
+    chained = []
     for layer in table.layers():
         if recorder.watches(layer.key):
-            if (layer.block, layer.block_id, layer.transformer_index) in existing or (layer.block, layer.block_id) in existing:
-                displaced.append(layer.key)
-            patched.set_model_attn2_replace(
-                _recorder_callback(recorder, layer.key), layer.block, layer.block_id, layer.transformer_index
-            )
-    if displaced:
-        # ComfyUI keeps one attn2 replace per layer: another pack's (IPAdapter, ...) cannot run there too.
-        logger.warning("Pick-and-Draw: another cross-attention replace patch on %s is not used while guiding; "
-                       "patches on the other layers still apply", ", ".join(displaced))
+            record = _recorder_callback(recorder, layer.key)
+            other = existing.get((layer.block, layer.block_id, layer.transformer_index),
+                                 existing.get((layer.block, layer.block_id)))
+            if other is not None:
+                chained.append(layer.key)
+                record = _chained(record, other)
+            patched.set_model_attn2_replace(record, layer.block, layer.block_id, layer.transformer_index)
+    if chained:
+        logger.info("Pick-and-Draw: another node's cross-attention patch on %s runs after the recorder there",
+                    ", ".join(chained))
     return patched
 
 

@@ -302,28 +302,32 @@ def test_guided_sampling_inside_inference_mode_like_comfyui_prompts(ops, host):
         torch.testing.assert_close(again, sample(tiny_sd1_patcher(), steps=3, seed=3))
 
 
-def test_other_attn2_patches_keep_working_on_unwatched_layers_and_are_named_on_watched_ones(ops, host, caplog):
+def test_other_attn2_patches_keep_working_on_every_layer_chained_with_the_recorder(ops, host, caplog):
+    """Another pack's attn2 replace (IPAdapter and the like) runs on unwatched layers as before and, on the
+    watched ones, after the recorder (it was dropped there, said only in the server log): its output is the
+    layer's output and the recorder still records."""
     patcher = tiny_sd1_patcher()
     table = host.layer_table(patcher)
     calls = []
 
-    def other_patch(q, k, v, extra_options):  # e.g. IPAdapter's
+    def other_patch(q, k, v, extra_options):  # e.g. IPAdapter's: attention plus something of its own
         calls.append(extra_options["block"])
         return torch.nn.functional.scaled_dot_product_attention(
             *(t.view(t.shape[0], t.shape[1], extra_options["n_heads"], -1).transpose(1, 2) for t in (q, k, v))
-        ).transpose(1, 2).flatten(2)
+        ).transpose(1, 2).flatten(2) + 0.5
 
     patched = patcher.clone()
     patched.set_model_attn2_replace(other_patch, "input", 1, 0)   # unwatched below
-    patched.set_model_attn2_replace(other_patch, "output", 3, 0)  # watched below
+    patched.set_model_attn2_replace(other_patch, "output", 3)     # watched below (a block-wide key)
     recorder = ops.AttentionRecorder({"output.3.0": ops.LayerCapture(maps=True)}, [2])
     recorder.capture = True
-    with caplog.at_level("WARNING", logger="pickdraw"):
+    with caplog.at_level("INFO", logger="pickdraw"):
         guided = host.attach_recorder(patched, recorder, table)
     assert "output.3.0" in caplog.text and "input.1.0" not in caplog.text
-    sample(guided, steps=1)
-    assert calls and all(block == ("input", 1) for block in calls)
+    out = sample(guided, steps=1)
+    assert sorted(set(calls)) == [("input", 1), ("output", 3)]
     assert "output.3.0" in recorder.maps()
+    torch.testing.assert_close(out, sample(patched, steps=1))  # the other pack's output flows on
 
 
 @pytest.mark.parametrize("chosen_by", ["comfyui", "another pack"])
