@@ -671,7 +671,8 @@ def subject_of(conditioning) -> dict:
             return c[1][SUBJECT_KEY]
     raise ValueError(
         "the positive conditioning carries no Pick-and-Draw subject: encode the prompt with "
-        "'Subject Prompt (Pick-and-Draw)' (the subject's token positions travel with the conditioning)"
+        "'Subject Prompt (Pick-and-Draw)' (the subject's token positions travel with the conditioning; "
+        "Conditioning (Concat) keeps those of its conditioning_to input only, so connect the Subject Prompt there)"
     )
 
 

@@ -450,3 +450,28 @@ def test_non_finite_or_out_of_range_guidance_input_is_refused(ops, host, bad):
     with pytest.raises(ValueError, match="finite|0 \\(no guidance\\)|fractions"):
         host.guided_sample(patcher, 0, 2, 7.5, "euler", "normal", positive, negative, latent, 1.0, palette, None, weights,
                            bad.get("strength", 0.5))
+
+
+def test_strength_zero_samples_exactly_as_ksampler_on_pytorch_attention_in_one_pass(host, monkeypatch):
+    """Strength 0 (the energies still measured) gives KSampler's latent bitwise where ComfyUI runs PyTorch attention
+    (its default on NVIDIA GPUs) and the guided pass is batched, as the README says; the split pass sums the rows
+    in another order (rounding only)."""
+    import comfy.ldm.modules.attention as attention
+    import nodes as comfy_nodes
+    from comfy_env import guidance_stores
+
+    monkeypatch.setattr(attention, "optimized_attention", attention.attention_pytorch)
+    model = sharpen_cross_attention(tiny_sd1_patcher())
+    positive, negative = subject_conditioning("sd1", 0, 64)
+    palette, template = guidance_stores(model, positive, negative, 3, 4, 5.0, 8)
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 1.0}
+    (plain,) = comfy_nodes.common_ksampler(model, 3, 4, 5.0, "euler", "normal", positive, negative, latent)
+    for batched in (True, False):
+        out, log = host.guided_sample(model, 3, 4, 5.0, "euler", "normal", positive, negative, latent, 1.0, palette,
+                                      template, weights, 0.0, batched=batched)
+        assert len(log) == 4 and all(entry["total"] > 0 for entry in log)
+        if batched:
+            assert torch.equal(out["samples"], plain["samples"])
+        else:
+            torch.testing.assert_close(out["samples"], plain["samples"], rtol=1e-5, atol=1e-3)
