@@ -627,6 +627,10 @@ def _same_token(a, b) -> bool:
 
 
 def _readable_tokens(clip, chunk) -> list[str]:
+    """The chunk's tokens as words, without the padding after the end token."""
+    ids = [t[0] for t in chunk]
+    end = next((i for i in range(1, len(ids)) if not isinstance(ids[i], torch.Tensor) and ids[i] == ids[-1]), len(ids))
+    chunk = chunk[:end + 1]
     try:
         return [word for _, word in clip.tokenizer.untokenize(chunk)]
     except Exception:  # a tokenizer without untokenize: show the ids
@@ -770,6 +774,8 @@ def guided_sample(model_patcher, seed, steps, cfg, sampler_name, scheduler, posi
         raise ValueError("the latent image holds values that are not finite (NaN or infinity): check the node that made it")
     if layout_template is not None:
         check_template_matches(layout_template, _run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent["samples"]))
+    if palette is not None:
+        warn_palette_schedule(palette, steps, scheduler)
     engine = _guidance_engine(model_patcher, positive, palette, layout_template, weights)
     guided, run = guide_model(model_patcher, engine, palette, layout_template, strength, batched)
     (out,) = comfy_nodes.common_ksampler(guided, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
@@ -777,6 +783,17 @@ def guided_sample(model_patcher, seed, steps, cfg, sampler_name, scheduler, posi
     log = run.log
     report_unguided_steps(log)
     return out, log
+
+
+def warn_palette_schedule(palette, steps: int, scheduler: str) -> None:
+    """A palette picked along another schedule (steps, scheduler) still works, each step taking the entry at the
+    nearest recorded sigma, but its features then come from other noise levels than the run's: said, with both."""
+    picked = palette.metadata.extra
+    if picked.get("steps") not in (None, str(int(steps))) or picked.get("scheduler") not in (None, scheduler):
+        logger.warning("Pick-and-Draw: the palette was picked along %s steps of the '%s' schedule and this run samples "
+                       "%d steps of '%s': each step uses the palette entry at the nearest sigma (pick the palette with "
+                       "the run's steps and scheduler for entries at its exact sigmas)", picked.get("steps"),
+                       picked.get("scheduler"), int(steps), scheduler)
 
 
 def report_unguided_steps(log: list[dict]) -> None:
@@ -856,6 +873,9 @@ def draw_layout_template(model_patcher, seed, steps, cfg, sampler_name, schedule
     first step, averaged over layers, for previews)."""
     import nodes as comfy_nodes
 
+    if not float(denoise) > 0:
+        raise ValueError(f"denoise is {denoise}: a layout template records the steps the sampler runs, and denoise 0 "
+                         "runs none (use denoise > 0, as in the guided run the template is for)")
     family, subject, config, engine = _recording_setup(
         model_patcher, positive, layout_layers=layer_table(model_patcher).default_layout_layers(),
         smoothing_kernel=kernel_size, smoothing_sigma=smoothing_sigma)

@@ -407,7 +407,7 @@ def test_subject_tokens_survive_comfyuis_conditioning_nodes(env):
     # Concat keeps the dict of its first input only: with the subject prompt appended, the positions are not
     # carried and the sampler says so, instead of guiding the wrong tokens.
     appended = comfy_nodes.ConditioningConcat().concat(other, positive)[0]
-    with pytest.raises(ValueError, match="carries no Pick-and-Draw subject"):
+    with pytest.raises(ValueError, match="carries no Pick-and-Draw subject.*conditioning_to"):
         host.subject_of(appended)
 
 
@@ -472,3 +472,25 @@ def test_a_combined_conditioning_records_the_subjects_prompt_only(env):
                "pickdraw_subject_entries": ("subject",)}
     assert host.recorded_chunks(options) == [1, 0, 1]
     assert host.recorded_chunks({"cond_or_uncond": [0, 1]}) == [0, 1]
+
+
+def test_mismatches_are_named(env, caplog):
+    """A palette picked along another schedule is said with both schedules; Draw Layout Template with denoise 0
+    names denoise; the missing-subject error lists the prompt's tokens up to its end token, not the padding."""
+    from comfy_env import PoolingVae
+
+    host, clip = env.host, env.clip
+    patcher = sharpen_cross_attention(tiny_sd1_patcher())
+    positive, negative = _prompts(host, clip)
+    palette, _, _ = host.pick_palette(patcher, PoolingVae(), torch.rand(1, 64, 64, 3), positive, 6, "normal")
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    with caplog.at_level("WARNING", logger="pickdraw"):
+        host.guided_sample(patcher, 1, 6, 5.0, "euler", "normal", positive, negative, latent, 1.0, palette, None, {}, 0.3)
+        assert "palette was picked" not in caplog.text
+        host.guided_sample(patcher, 1, 3, 5.0, "euler", "karras", positive, negative, latent, 1.0, palette, None, {}, 0.3)
+    assert "along 6 steps of the 'normal' schedule and this run samples 3 steps of 'karras'" in caplog.text
+    with pytest.raises(ValueError, match="denoise is 0"):
+        host.draw_layout_template(patcher, 1, 3, 5.0, "euler", "normal", positive, negative, latent, denoise=0.0)
+    with pytest.raises(ValueError, match="is not in the prompt") as error:
+        host.subject_tokens(clip, "a photo of a dog", "cat")
+    assert str(error.value).count("endoftext") == 1 and len(str(error.value)) < 200, str(error.value)
