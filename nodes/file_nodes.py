@@ -1,7 +1,8 @@
 """Save and load palettes and layout templates as .safetensors files in ComfyUI's folders.
 
 Saved files go to ComfyUI's output folder (default prefix pickdraw/...); loaders list the files in the
-input folder's pickdraw/ subfolder. A name that resolves outside those folders is refused.
+pickdraw/ subfolders of the input folder and of the output folder (those marked " [output]", ComfyUI's own
+annotation), so a saved file can be loaded back at once. A name that resolves outside those folders is refused.
 """
 
 from __future__ import annotations
@@ -28,20 +29,34 @@ def _inside(folder: str, path: str, label: str) -> str:
     return real_path
 
 
-def _input_files() -> list[str]:
-    """'pickdraw/<name>.safetensors' for every such file under the input folder's pickdraw/ subfolder."""
-    base = os.path.join(folder_paths.get_input_directory(), SUBFOLDER)
+# ComfyUI's annotation for a file of its output folder in a file list (as LoadImage's lists use it).
+OUTPUT_MARK = " [output]"
+
+
+def _files_under(folder: str) -> list[str]:
+    """'pickdraw/<name>.safetensors' for every such file under the folder's pickdraw/ subfolder."""
     found = []
-    for root, _, files in os.walk(base):
+    for root, _, files in os.walk(os.path.join(folder, SUBFOLDER)):
         for name in files:
             if name.endswith(".safetensors"):
-                found.append(os.path.relpath(os.path.join(root, name), folder_paths.get_input_directory()).replace(os.sep, "/"))
+                found.append(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/"))
     return sorted(found)
 
 
+def _stored_files() -> list[str]:
+    """The files a loader offers: those in input/pickdraw, then those in output/pickdraw marked as such."""
+    return (_files_under(folder_paths.get_input_directory()) +
+            [name + OUTPUT_MARK for name in _files_under(folder_paths.get_output_directory())])
+
+
 def _input_path(file: str) -> str:
-    folder = folder_paths.get_input_directory()
-    return _inside(folder, os.path.join(folder, file), "input")
+    """The path of a loader's file: under the output folder when marked so, else under the input folder."""
+    if file.endswith(OUTPUT_MARK):
+        folder, label = folder_paths.get_output_directory(), "output"
+        file = file[:-len(OUTPUT_MARK)]
+    else:
+        folder, label = folder_paths.get_input_directory(), "input"
+    return _inside(folder, os.path.join(folder, file), label)
 
 
 # A write leaves <name>.safetensors.tmp-<pid>-<n> only while it runs (it is renamed into place when complete); one
@@ -105,8 +120,8 @@ def _save_node(node_id: str, display_name: str, socket, input_name: str, what: s
                     socket.Input(input_name, tooltip=f"The {what} to save."),
                     io.String.Input("filename_prefix", default=f"{SUBFOLDER}/{input_name}",
                                     tooltip="Path under the output folder; a counter and .safetensors are appended, and "
-                                            "an existing file is never overwritten. Empty: the default. To load it "
-                                            f"again, copy it to ComfyUI's input/{SUBFOLDER} folder."),
+                                            "an existing file is never overwritten. Empty: the default. The Load node "
+                                            f"lists it (marked{OUTPUT_MARK}) when it is under {SUBFOLDER}/."),
                 ],
                 outputs=[],
                 is_output_node=True,
@@ -128,8 +143,10 @@ def _load_node(node_id: str, display_name: str, socket, output_name: str, what: 
                 node_id=node_id,
                 display_name=display_name,
                 category=CATEGORY,
-                description=f"Reads a {what} from ComfyUI's input/{SUBFOLDER} folder.",
-                inputs=[io.Combo.Input("file", options=_input_files(), tooltip=f"A {what} file in input/{SUBFOLDER}.")],
+                description=f"Reads a {what} from ComfyUI's input/{SUBFOLDER} or output/{SUBFOLDER} folder.",
+                inputs=[io.Combo.Input("file", options=_stored_files(),
+                                       tooltip=f"A {what} file in input/{SUBFOLDER}, or one saved to output/{SUBFOLDER} "
+                                               f"(marked{OUTPUT_MARK}).")],
                 outputs=[socket.Output(display_name=output_name)],
             )
 

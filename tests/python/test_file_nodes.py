@@ -70,6 +70,20 @@ def test_palette_save_then_load(ops, comfy_nodes, folders):
     assert load.fingerprint_inputs(file=name) == load.fingerprint_inputs(file=name)
 
 
+def test_a_saved_palette_loads_back_from_the_output_folder(ops, comfy_nodes, folders):
+    """The loader lists output/pickdraw too (marked ' [output]', ComfyUI's annotation), so Save then Load round
+    trips without copying the file; a marked name cannot leave the output folder."""
+    save = comfy_nodes.NODE_CLASS_MAPPINGS["PickAndDraw_SavePalette"]
+    load = comfy_nodes.NODE_CLASS_MAPPINGS["PickAndDraw_LoadPalette"]
+    palette = _palette(ops)
+    saved = save.execute(palette=palette, filename_prefix="").ui["text"][0]
+    name = f"{saved} [output]"
+    assert name in load.define_schema().inputs[0].options
+    assert load.validate_inputs(file=name) is True
+    torch.testing.assert_close(load.execute(file=name).result[0].get(0, "output.3.0"), palette.get(0, "output.3.0"))
+    assert "outside ComfyUI's output folder" in load.validate_inputs(file="../input/pickdraw/x.safetensors [output]")
+
+
 def test_template_save_then_load(ops, comfy_nodes, folders):
     m = _palette(ops).metadata
     template = ops.LayoutTemplate(m)
