@@ -24,6 +24,7 @@ from conftest import ROOT
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 OUR_NODE_PREFIX = "PickAndDraw_"
+FRONTEND_ONLY = {"Note", "MarkdownNote"}  # the page's own nodes: text on the canvas, never sent to the server
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +71,22 @@ def test_workflows_are_shipped():
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_tells_a_person_what_each_part_does(path):
+    """Every prompt node says which prompt it is (the reference, the template's and the guided one look alike), and a
+    note explains each stage: the reference, palette and template, the guided sampler."""
+    graph = json.loads(path.read_text())
+    prompts = [n.get("title", "") for n in graph["nodes"] if n["type"] == "PickAndDraw_SubjectPrompt"]
+    assert sorted(t.split(" ")[0] for t in prompts) == ["Guided", "Reference", "Template"], prompts
+    notes = [n["widgets_values"][0] for n in graph["nodes"] if n["type"] == "Note"]
+    assert len(notes) == 3 and all(len(text) > 100 for text in notes)
+    for words in ("Reference", "Pick Palette", "Draw Layout Template", "strength"):
+        assert any(words in text for text in notes), words
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_matches_the_registered_nodes(registry, path):
     graph = json.loads(path.read_text())
-    nodes = {n["id"]: n for n in graph["nodes"]}
+    nodes = {n["id"]: n for n in graph["nodes"] if n["type"] not in FRONTEND_ONLY}
     for node in nodes.values():
         assert node["type"] in registry, f"{path.name}: unknown node type {node['type']}"
         cls = registry[node["type"]]
@@ -99,6 +113,8 @@ def _to_api(graph, registry):
     api = {}
     links = {row[0]: row for row in graph["links"]}
     for node in graph["nodes"]:
+        if node["type"] in FRONTEND_ONLY:
+            continue
         inputs = _widget_values(registry[node["type"]], node)
         for slot in node.get("inputs", []):
             if slot.get("link") is not None:
