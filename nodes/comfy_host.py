@@ -258,7 +258,7 @@ _in_place_patch_logged = False
 
 
 def _on_copies(patch, tensors: int):
-    """A UNet block patch called with copies of its first `tensors` arguments (the hidden states). A patch that
+    """A UNet patch called with copies of its first `tensors` arguments (the hidden states). A patch that
     writes into them in place breaks autograd even on copies (it overwrites values its own arithmetic saved): it
     runs again without gradients and its effect passes to the backward as a constant offset (said once)."""
     def patch_on_copies(*args):
@@ -270,7 +270,7 @@ def _on_copies(patch, tensors: int):
             return out
         if not _in_place_patch_logged:
             _in_place_patch_logged = True
-            logger.info("Pick-and-Draw: a UNet block patch (%s) writes into the hidden states in place; in the guided "
+            logger.info("Pick-and-Draw: a UNet patch (%s) writes into the hidden states in place; in the guided "
                         "passes the guidance gradient passes through it as through the identity",
                         getattr(patch, "__qualname__", type(patch).__name__))
         with torch.no_grad():
@@ -283,18 +283,20 @@ def _on_copies(patch, tensors: int):
     return patch_on_copies
 
 
-# The UNet block patches whose leading arguments are hidden states, and how many: a patch may write into them in
-# place (FreeU V2 scales h[:, :C/2] in place), which autograd refuses when the backward needs their old values.
-_BLOCK_PATCH_STATES = {"input_block_patch": 1, "input_block_patch_after_skip": 1, "output_block_patch": 2}
+# The UNet patches whose leading arguments are hidden states, and how many: a patch may write into them in place
+# (FreeU V2 scales h[:, :C/2] of an output block, NAG overwrites rows of an attention output), which autograd
+# refuses when the backward needs their old values.
+_PATCH_STATES = {"input_block_patch": 1, "input_block_patch_after_skip": 1, "output_block_patch": 2,
+                 "attn1_output_patch": 1, "attn2_output_patch": 1}
 
 
-def with_block_patches_on_copies(model_options: dict) -> dict:
-    """model_options for a guided step's forward pass with gradients in which every UNet block patch works on
-    copies of the hidden states it is given (one copy of h per patched block, in the guided passes only)."""
+def with_patches_on_copies(model_options: dict) -> dict:
+    """model_options for a guided step's forward pass with gradients in which every UNet block or attention-output
+    patch works on copies of the hidden states it is given (one copy per patched call, in the guided passes only)."""
     transformer_options = model_options.get("transformer_options", {})
     patches = transformer_options.get("patches", {})
-    wrapped = {name: [_on_copies(p, _BLOCK_PATCH_STATES[name]) for p in patches[name]]
-               for name in _BLOCK_PATCH_STATES if patches.get(name)}
+    wrapped = {name: [_on_copies(p, _PATCH_STATES[name]) for p in patches[name]]
+               for name in _PATCH_STATES if patches.get(name)}
     if not wrapped:
         return model_options
     transformer_options = {**transformer_options, "patches": {**patches, **wrapped}}
@@ -303,7 +305,7 @@ def with_block_patches_on_copies(model_options: dict) -> dict:
 
 def guided_pass_options(model_options: dict) -> dict:
     """model_options for the forward pass with gradients of a guided step (see the two functions it applies)."""
-    return with_block_patches_on_copies(with_differentiable_attention(model_options))
+    return with_patches_on_copies(with_differentiable_attention(model_options))
 
 
 class GuidanceRun:

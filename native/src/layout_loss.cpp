@@ -29,10 +29,12 @@ at::Tensor layout_loss(at::TensorList maps, at::TensorList templates, int64_t ke
     TORCH_CHECK(t.scalar_type() == a.scalar_type() && t.device() == a.device(), "templates[",
                 l, "] must have the dtype and device of maps[", l, "] (", a.scalar_type(), ", ",
                 a.device(), "), got ", t.scalar_type(), ", ", t.device());
-    TORCH_CHECK(t.size(1) == a.size(1) && t.size(2) == a.size(2) &&
-                    (t.size(0) == a.size(0) || t.size(0) == 1),
-                "templates[", l, "] of shape ", t.sizes(), " does not match maps[", l,
-                "] of shape ", a.sizes(), ": was the template drawn at another image size?");
+    TORCH_CHECK_VALUE(t.size(1) == a.size(1) && t.size(2) == a.size(2) &&
+                          (t.size(0) == a.size(0) || t.size(0) == 1),
+                      "templates[", l, "] of shape ", t.sizes(), " does not match maps[", l, "] of shape ",
+                      a.sizes(), ": was the template drawn at another image size, or with a MODEL patched to "
+                      "another UNet resolution (PatchModelAddDownscale)? Draw it with the guided run's MODEL "
+                      "patches and latent size");
     auto& group = by_shape[a.sizes().vec()];
     group.first.push_back(a);
     group.second.push_back(t.expand_as(a));

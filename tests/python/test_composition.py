@@ -108,3 +108,39 @@ def test_a_timestep_range_on_the_subject_prompt_turns_the_terms_off_where_it_doe
     assert "the layout template holds no entry there" in caplog.text and "the guidance was off there" in caplog.text
     with pytest.raises(ValueError, match="did not run at any step of the layout template"):
         host._report_absent_subject("layout template", [0, 1, 2], 3)
+
+
+def test_every_core_model_patch_and_conditioning_node_composes_or_is_refused_by_name(host):
+    """The composition matrix: every core node (nodes.py and comfy_extras, enumerated from the registered nodes, so
+    a new one is covered) that patches a MODEL or builds CONDITIONING, through the three sampling stages. Where the
+    plain KSampler works with the node's output, each stage works or refuses with a ValueError naming the fix; a
+    node that needs a downloaded input (a ControlNet, CLIP-vision or style model, a LoRA file) is listed as such
+    (the ControlNet and LoRA paths have their own tests with stand-ins)."""
+    from composition_matrix import matrix
+
+    rows = matrix()
+    for name, row in rows.items():
+        print(name, row)
+    built = {name: row for name, row in rows.items() if row["built"] == "yes"}
+    assert len(built) >= 10 and {"ConditioningCombine", "ConditioningSetTimestepRange"} <= set(built)
+    broken = {name: {stage: outcome for stage, outcome in row.items() if outcome.startswith("fails")}
+              for name, row in built.items() if row["KSampler"] == "works"}
+    assert not any(broken.values()), {name: stages for name, stages in broken.items() if stages}
+    # the rest are listed with why: a downloaded input they need, an explicit exclusion, or the node's own failure on
+    # the stand-ins (video and other families' conditioning nodes that SD1 inputs do not fit)
+    unbuilt = {name: row["built"] for name, row in rows.items() if row["built"] != "yes"}
+    assert all(reason.startswith(("needs a ", "excluded: ", "the node itself fails")) for reason in unbuilt.values()), unbuilt
+
+
+def test_an_attention_output_patch_that_writes_in_place_composes(host, setting):
+    """An attn1 output patch that overwrites part of the attention output in place (as NAG's does): the guided
+    passes give it a copy, and its effect reaches the result."""
+    def normalise_first_rows(out, extra_options):  # its backward needs the rows it overwrites
+        out[:, :4] = out[:, :4] / out[:, :4].norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return out
+
+    patched = setting[0].clone()
+    patched.set_model_attn1_output_patch(normalise_first_rows)
+    guided, log = _guided(host, setting, model=patched)
+    assert torch.isfinite(guided).all() and len(log) == 3
+    assert not torch.equal(guided, _guided(host, setting)[0])

@@ -114,5 +114,5 @@ def test_layout_loss_gradient_lowers_it(ops, device):
 def test_layout_loss_errors(ops):
     with pytest.raises(RuntimeError, match="pair up"):
         ops.layout_loss([torch.rand(1, 8, 8)], [])
-    with pytest.raises(RuntimeError, match="another image size"):
+    with pytest.raises(ValueError, match="another image size"):
         ops.layout_loss([torch.rand(1, 8, 8)], [torch.rand(1, 4, 4)])
