@@ -95,6 +95,8 @@ def main() -> int:
     parser.add_argument("--grid-seeds", type=int, default=4)
     parser.add_argument("--accuracy-seeds", type=int, default=3, help="seeds per class and scene for the drawing accuracy")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--accuracy-only", action="store_true",
+                        help="only measure how often the model draws the prompted class and scene, and print it")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     strengths = [float(s) for s in args.strengths.split(",")]
@@ -103,6 +105,9 @@ def main() -> int:
     started = time.time()
 
     toy = Toy(args.steps, args.cfg)
+    if args.accuracy_only:
+        print(json.dumps(prompted_accuracy(toy, args.accuracy_seeds)[0]), flush=True)
+        return 0
     from PIL import Image
 
     reference_image = np.asarray(Image.open(toy.toy_nodes.REFERENCES / f"{REFERENCE}.png").convert("RGB"))
@@ -151,16 +156,7 @@ def main() -> int:
                 record(f"lora+{term}@{args.default_strength:g}", seed, scene, position, image, template_box)
         print(f"[{time.time() - started:6.0f} s] seed {seed + 1}/{args.seeds}", flush=True)
 
-    # Does the toy model draw what it is asked? Every class in every scene, class-noun prompts, unguided.
-    drawn = []
-    for cls_asked in world.CLASSES:
-        for scene in world.SCENES:
-            for seed in range(args.accuracy_seeds):
-                reading = judge.read(toy.sample(toy.model, 1000 + seed, f"a {cls_asked} {scene}", cls_asked))
-                drawn.append({"class": cls_asked, "scene": scene, "seed": seed, "class_read": reading.cls,
-                              "scene_read": reading.scene})
-    accuracy = {"class": float(np.mean([d["class"] == d["class_read"] for d in drawn])),
-                "scene": float(np.mean([d["scene"] == d["scene_read"] for d in drawn])), "pictures": len(drawn)}
+    accuracy, drawn = prompted_accuracy(toy, args.accuracy_seeds)
     print(f"the toy model draws the prompted class {accuracy['class']:.3f} and scene {accuracy['scene']:.3f} of the time "
           f"({len(drawn)} pictures)", flush=True)
 
@@ -178,6 +174,21 @@ def main() -> int:
         Image.fromarray(grid).save(out / f"grid_{name.replace(' ', '_')}.png")
     print(f"wrote {out}", flush=True)
     return 0
+
+
+def prompted_accuracy(toy, seeds: int) -> tuple[dict, list[dict]]:
+    """Does the toy model draw what it is asked? Every class in every scene, class-noun prompts, unguided, read by
+    the judge: ({"class", "scene", "pictures"}, the readings)."""
+    drawn = []
+    for cls_asked in world.CLASSES:
+        for scene in world.SCENES:
+            for seed in range(seeds):
+                reading = judge.read(toy.sample(toy.model, 1000 + seed, f"a {cls_asked} {scene}", cls_asked))
+                drawn.append({"class": cls_asked, "scene": scene, "seed": seed, "class_read": reading.cls,
+                              "scene_read": reading.scene})
+    accuracy = {"class": float(np.mean([d["class"] == d["class_read"] for d in drawn])),
+                "scene": float(np.mean([d["scene"] == d["scene_read"] for d in drawn])), "pictures": len(drawn)}
+    return accuracy, drawn
 
 
 def write_table(summary: dict, accuracy: dict, path: Path, command: str) -> None:
