@@ -458,7 +458,8 @@ def _feed_forwards_recomputed(blocks):
                 block.forward = before
 
 
-def guide_model(model_patcher, engine, palette, layout_template, strength: float, batched: bool | None = None):
+def guide_model(model_patcher, engine, palette, layout_template, strength: float, batched: bool | None = None,
+                expected_noise: str | None = None):
     """A clone of the MODEL that applies Pick-and-Draw guidance while it samples, and its run state.
 
     On a guided step the model runs with gradients (recording maps and features of the conditional rows
@@ -466,7 +467,8 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
     for ComfyUI's own CFG. After CFG the denoised estimate moves against the energy's gradient (self-guidance in
     k-diffusion's sigma space) by a dimensionless strength: see guidance_direction and guidance_displacement. batched: conditional and unconditional rows in one pass
     with gradients (True), the unconditional rows apart without gradients (False), or chosen at the first
-    guided step of each run from ComfyUI's VRAM mode and free memory (None).
+    guided step of each run from ComfyUI's VRAM mode and free memory (None). expected_noise: the noise fingerprint
+    of the layout template's run; a run whose first step starts elsewhere (other noise or sigmas) is refused.
     """
     table = layer_table(model_patcher)
     recorder = ops.AttentionRecorder(engine.recorder_layers(), list(engine.config.token_indices))
@@ -480,6 +482,10 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
     def calc_cond_batch(args):
         conds, x, sigma, model, options = args["conds"], args["input"], args["sigma"], args["model"], args["model_options"]
         step, steps, sigma_value = locate(sigma, options)
+        if step == 0 and expected_noise is not None and not fingerprints_match(noise_fingerprint(x), expected_noise):
+            raise ValueError("this run starts from other noise than the layout template's run (its first latent differs): "
+                             "give the sampler the template's noise seed, sigmas and latent (with SamplerCustomAdvanced: "
+                             "RandomNoise with the template's seed, and its steps and scheduler)")
         options = with_subject_entries(conds, options)
         run.gradient = None
         if not engine.any_active(step, steps):
@@ -594,9 +600,10 @@ def guidance_displacement(strength: float, x: torch.Tensor, denoised: torch.Tens
     return (strength * update_rms * direction.to(update_rms.device)).to(denoised.dtype)
 
 
-def capture_each_step(model_patcher, engine, on_step):
+def capture_each_step(model_patcher, engine, on_step, first_input: list | None = None):
     """A clone of the MODEL that, on every sampling step, records the conditional rows' maps and
-    features and calls on_step(step, steps, sigma, recorder) (template and palette capture passes)."""
+    features and calls on_step(step, steps, sigma, recorder) (template and palette capture passes).
+    first_input: a list that receives the latent of the run's first step (its noise), when given."""
     table = layer_table(model_patcher)
     recorder = ops.AttentionRecorder(engine.recorder_layers(), list(engine.config.token_indices))
     recorder.capture = True
@@ -606,6 +613,8 @@ def capture_each_step(model_patcher, engine, on_step):
     def calc_cond_batch(args):
         conds, x, sigma, model, options = args["conds"], args["input"], args["sigma"], args["model"], args["model_options"]
         step, steps, sigma_value = locate(sigma, options)
+        if first_input is not None and not first_input:
+            first_input.append(x.detach().clone())
         recorder.clear()
         out = comfy.samplers.calc_cond_batch(model, conds, x, sigma, with_subject_entries(conds, options))
         on_step(step, steps, sigma_value, recorder)
@@ -813,6 +822,20 @@ def report_unguided_steps(log: list[dict]) -> None:
                        ", ".join(map(str, skipped)))
 
 
+def noise_fingerprint(x: torch.Tensor) -> str:
+    """A short text that identifies a run's first latent (its seed's noise at the first sigma, plus the latent it
+    starts from): its mean, RMS and eight of its values, to four significant digits."""
+    flat = x.detach().float().flatten().cpu()
+    picks = flat[torch.linspace(0, flat.numel() - 1, 8).long()]
+    return ",".join(f"{float(v):.4g}" for v in (flat.mean(), flat.pow(2).mean().sqrt(), *picks))
+
+
+def fingerprints_match(a: str, b: str) -> bool:
+    """Whether two noise fingerprints name the same first latent, up to their rounding."""
+    first, second = [float(v) for v in a.split(",")], [float(v) for v in b.split(",")]
+    return len(first) == len(second) and all(math.isclose(u, v, rel_tol=2e-3, abs_tol=1e-3) for u, v in zip(first, second))
+
+
 def _run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent_samples) -> dict:
     """What a layout template must share with the guided run that uses it, as metadata strings."""
     return {"seed": str(int(seed)), "steps": str(int(steps)), "sampler": sampler_name, "scheduler": scheduler,
@@ -893,14 +916,16 @@ def draw_layout_template(model_patcher, seed, steps, cfg, sampler_name, schedule
                 for key in config.layout_layers}
         recorded.append((step, sigma, maps))
 
-    capturing = capture_each_step(model_patcher, engine, on_step)
+    first_input = []
+    capturing = capture_each_step(model_patcher, engine, on_step, first_input)
     (out,) = comfy_nodes.common_ksampler(capturing, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                          latent, denoise=denoise)
     _report_absent_subject("layout template", absent, len(absent) + len(recorded))
     template = ops.LayoutTemplate(_store_metadata(
         family, config.layout_layers, subject, [sigma for _, sigma, _ in recorded], "attn2_probabilities",
         latent["samples"].shape[-2] * 8, latent["samples"].shape[-1] * 8,
-        _run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent["samples"])))
+        {**_run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent["samples"]),
+         "noise": noise_fingerprint(first_input[0])}))
     for index, (_, _, maps) in enumerate(recorded):
         for key, value in maps.items():
             template.set(index, key, value)
@@ -1003,11 +1028,13 @@ def pick_palette(model_patcher, vae, image, positive, steps, scheduler, mask=Non
 
 def guided_cfg_guider(model_patcher, positive, negative, cfg, palette, layout_template, weights: dict, strength: float):
     """A CFGGuider for SamplerCustomAdvanced that samples with the guidance. The noise and sigmas come from the
-    other nodes of that graph, so the template's seed and schedule cannot be checked here: the sigma lookup
-    still refuses a schedule outside the recorded range."""
+    other nodes of that graph, so the template's seed and schedule cannot be checked before sampling: the first
+    step compares its latent with the template's noise fingerprint, and the sigma lookup refuses a schedule outside
+    the recorded range."""
     check_guidance_settings(strength, weights)
     engine = _guidance_engine(model_patcher, positive, palette, layout_template, weights)
-    guided, run = guide_model(model_patcher, engine, palette, layout_template, strength)
+    expected = layout_template.metadata.extra.get("noise") if layout_template is not None else None
+    guided, run = guide_model(model_patcher, engine, palette, layout_template, strength, expected_noise=expected)
     guider = comfy.samplers.CFGGuider(guided)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)

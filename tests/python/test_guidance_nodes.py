@@ -229,6 +229,11 @@ def test_the_guider_samples_like_the_guided_ksampler(ops, env):
                                      positive=positive, negative=negative, latent_image={"samples": latent}, denoise=1.0,
                                      **knobs).result
     torch.testing.assert_close(custom, ksampled["samples"], rtol=1e-4, atol=1e-4)
+    # other noise than the template's (another RandomNoise seed): refused at the first step, naming the fix
+    with pytest.raises(ValueError, match="other noise than the layout template's.*RandomNoise"):
+        guider.sample(comfy.sample.prepare_noise(latent, 4), latent, comfy.samplers.sampler_object("euler"), sigmas,
+                      seed=4, disable_pbar=True)
+    assert host.fingerprints_match(template.metadata.extra["noise"], template.metadata.extra["noise"])
 
 
 def _run_long_node(env, which: str, hook) -> None:
