@@ -7,7 +7,7 @@ import torch
 from comfy_api.latest import io
 
 from . import comfy_host
-from .template_nodes import map_preview
+from .previews import map_preview
 from .types import Palette
 
 

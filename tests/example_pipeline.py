@@ -114,7 +114,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     images = [vae.decode(r["samples"])[0] for r in (template_latent, runs["unguided"], runs["guided"])]
     _save_png(torch.cat(images, dim=1), out / "grid.png")
-    previews = importlib.import_module(f"{PACK_NAME}.nodes.template_nodes").map_preview
+    previews = importlib.import_module(f"{PACK_NAME}.nodes.previews").map_preview
     _save_png(previews(mask.float().unsqueeze(0), args.size, args.size)[0] * 0.7 + reference[0] * 0.3, out / "mask_over_reference.png")
     _save_png(previews(token_map.unsqueeze(0), args.size, args.size)[0], out / "token_map.png")
     _save_png(previews(subject_map[:1], args.size, args.size)[0], out / "template_subject_map.png")
@@ -143,7 +143,7 @@ def toy_world_job(out: Path, seeds: int, strength: float, steps: int) -> int:
     palette, token_map, mask = toy.host.pick_palette(toy.lora_model, toy.vae, pixels,
                                                      toy.positive(reference_prompt, PERSONAL_NAME), toy.steps, "normal")
     out.mkdir(parents=True, exist_ok=True)
-    previews = importlib.import_module(f"{toy.toy_nodes.__package__}.template_nodes").map_preview
+    previews = importlib.import_module(f"{toy.toy_nodes.__package__}.previews").map_preview
     size = reference.shape[0]
     _save_png(previews(mask.float().unsqueeze(0), size, size)[0] * 0.7 + pixels[0] * 0.3, out / "mask_over_reference.png")
     _save_png(previews(token_map.unsqueeze(0), size, size)[0], out / "token_map.png")
