@@ -8,9 +8,9 @@ from . import comfy_host
 from .types import LayoutTemplate, Palette, ksampler_inputs
 
 
-# Provisional: the toy world's model does not yet draw its prompts well enough to choose it on its identity /
-# prompt-fidelity front (tests/evaluation/toy_world/README.md).
-DEFAULT_STRENGTH = 0.3
+# The point of the toy world's identity / prompt-fidelity front that raises identity without lowering fidelity
+# (tests/evaluation/toy_world/README.md); larger strengths trade fidelity for it.
+DEFAULT_STRENGTH = 0.1
 
 
 def _guidance_inputs() -> list:
