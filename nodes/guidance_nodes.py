@@ -50,7 +50,8 @@ class GuidedKSampler(io.ComfyNode):
             description="KSampler whose conditional prediction is guided towards the palette's appearance and "
                         "the template's layout (Pick-and-Draw, arXiv 2401.16762).",
             inputs=[
-                *ksampler_inputs("Noise seed; a layout template must have been drawn with the same one."),
+                *ksampler_inputs("Noise seed; a layout template must have been drawn with the same one.",
+                                 "The model to sample with: the personalised one (LoRA, DreamBooth) or the vanilla one."),
                 *_guidance_inputs(),
             ],
             outputs=[io.Latent.Output()],
@@ -76,10 +77,12 @@ class PickAndDrawGuider(io.ComfyNode):
             description="A CFG guider with Pick-and-Draw guidance, for SamplerCustomAdvanced. The template's seed and "
                         "schedule cannot be checked here: draw it with the same noise seed and sigmas.",
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The model to sample with: the personalised one (LoRA, DreamBooth) "
+                                                "or the vanilla one."),
                 io.Conditioning.Input("positive", tooltip="From 'Subject Prompt (Pick-and-Draw)'."),
-                io.Conditioning.Input("negative"),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Conditioning.Input("negative", tooltip="The negative prompt (any text encode node)."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale (about 5-8 for SD1.x and SDXL)."),
                 *_guidance_inputs(),
             ],
             outputs=[io.Guider.Output()],

@@ -16,7 +16,7 @@ class SubjectPrompt(io.ComfyNode):
             category="pick_and_draw",
             description="CLIP Text Encode that also records which tokens name the subject, for the guidance.",
             inputs=[
-                io.Clip.Input("clip"),
+                io.Clip.Input("clip", tooltip="The text encoder: the checkpoint's, or the one a LoRA loader gives."),
                 io.String.Input("text", multiline=True, dynamic_prompts=True, tooltip="The prompt."),
                 io.String.Input("subject", default="dog",
                                 tooltip="The subject as written in the prompt: a class noun ('dog'), an identifier with "

@@ -19,7 +19,9 @@ class DrawLayoutTemplate(io.ComfyNode):
             description="Samples with the vanilla model (prompt with the class noun) and records where the subject is "
                         "at every step: the layout the guided run is drawn towards.",
             # The vanilla base model (not the personalised one) and the prompt with the class noun as subject.
-            inputs=ksampler_inputs("Use the guided run's seed: the template is tied to it."),
+            inputs=ksampler_inputs("Use the guided run's seed: the template is tied to it.",
+                                   "The vanilla base model (no LoRA or DreamBooth): its own layout for the class-noun "
+                                   "prompt is the template."),
             outputs=[
                 LayoutTemplate.Output(display_name="layout_template"),
                 io.Latent.Output(display_name="template_latent"),

@@ -52,6 +52,11 @@ def test_the_pack_loads_through_comfyuis_loader(comfy_nodes):
     for node_id in NODE_IDS:
         assert node_id in comfy_nodes.NODE_CLASS_MAPPINGS, node_id
         assert "Pick-and-Draw" in comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id]
+    # every input of every node of the pack says what it does (the UI shows it on hover)
+    untold = [f"{node_id}.{name}" for node_id, cls in comfy_nodes.NODE_CLASS_MAPPINGS.items() if node_id.startswith("PickAndDraw_")
+              for group in ("required", "optional") for name, spec in cls.INPUT_TYPES().get(group, {}).items()
+              if not (len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("tooltip"))]
+    assert not untold, untold
 
 
 def test_palette_save_then_load(ops, comfy_nodes, folders):
