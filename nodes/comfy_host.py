@@ -81,7 +81,7 @@ def with_subject_entries(conds, model_options: dict) -> dict:
     are when no entry carries it: an engine given the token positions directly)."""
     positive = conds[0] if conds and conds[0] is not None else []
     entries = tuple(c.get("uuid") for c in positive if SUBJECT_KEY in c)
-    if not entries:
+    if not entries or None in entries:  # no subject entry, or a ComfyUI that does not name its entries
         return model_options
     transformer_options = {**model_options.get("transformer_options", {}), _SUBJECT_ENTRIES: entries}
     return {**model_options, "transformer_options": transformer_options}
@@ -824,8 +824,9 @@ def report_unguided_steps(log: list[dict]) -> None:
 
 def noise_fingerprint(x: torch.Tensor) -> str:
     """A short text that identifies a run's first latent (its seed's noise at the first sigma, plus the latent it
-    starts from): its mean, RMS and eight of its values, to four significant digits."""
-    flat = x.detach().float().flatten().cpu()
+    starts from): the first sample's mean, RMS and eight of its values, to four significant digits. ComfyUI draws a
+    batch's noise from one generator, so a template of one sample fits a guided batch of the same seed."""
+    flat = x[:1].detach().float().flatten().cpu()
     picks = flat[torch.linspace(0, flat.numel() - 1, 8).long()]
     return ",".join(f"{float(v):.4g}" for v in (flat.mean(), flat.pow(2).mean().sqrt(), *picks))
 

@@ -234,6 +234,9 @@ def test_the_guider_samples_like_the_guided_ksampler(ops, env):
         guider.sample(comfy.sample.prepare_noise(latent, 4), latent, comfy.samplers.sampler_object("euler"), sigmas,
                       seed=4, disable_pbar=True)
     assert host.fingerprints_match(template.metadata.extra["noise"], template.metadata.extra["noise"])
+    # a batch drawn from the same seed starts with the same sample: a one-sample template fits it
+    one, batch = comfy.sample.prepare_noise(latent, 3), comfy.sample.prepare_noise(torch.zeros(2, 4, 16, 16), 3)
+    assert host.noise_fingerprint(batch) == host.noise_fingerprint(one) != host.noise_fingerprint(noise.flip(2))
 
 
 def _run_long_node(env, which: str, hook) -> None:
