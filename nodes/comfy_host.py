@@ -212,9 +212,7 @@ def _make_weights_differentiable(*networks: torch.nn.Module) -> int:
 def _differentiable_attention(func, *args, **kwargs):
     """ComfyUI's PyTorch attention in place of the function ComfyUI or a pack's override would run (an
     optimized_attention_override: called with that function and its arguments)."""
-    import comfy.ldm.modules.attention as attention
-
-    return attention.attention_pytorch(*args, **kwargs)
+    return comfy.ldm.modules.attention.attention_pytorch(*args, **kwargs)
 
 
 _attention_swap_logged: set[str] = set()
@@ -228,12 +226,10 @@ _ATTENTION_WITH_BACKWARD = ("attention_pytorch", "attention_sub_quad", "attentio
 
 def _attention_without_backward(transformer_options: dict) -> str | None:
     """What would run attention without a backward pass in a forward with these options, or None."""
-    import comfy.ldm.modules.attention as attention
-
     override = transformer_options.get("optimized_attention_override")
     if override is not None and override is not _differentiable_attention:
         return "another node's attention override"
-    chosen = getattr(getattr(attention, "optimized_attention", None), "__name__", "attention_pytorch")
+    chosen = getattr(getattr(comfy.ldm.modules.attention, "optimized_attention", None), "__name__", "attention_pytorch")
     return None if chosen in _ATTENTION_WITH_BACKWARD else f"ComfyUI's attention ({chosen})"
 
 
@@ -372,10 +368,10 @@ def _say_split_once(reason: str, message: str) -> None:
 def _batch_guided_pass(requested: bool | None, family: str, model, x, conds) -> bool:
     """Whether a guided step runs the conditional and unconditional rows in one forward pass with gradients.
 
-    One pass launches half the kernels (a UNet step is launch-bound at SD1.5 sizes: 3.75x a plain step against
-    4.12x split, SD1.5 at 512 px on an H100) but keeps the unconditional rows' activations for the backward too
-    (2.05x a plain step's peak memory against 1.54x). So: one pass unless ComfyUI runs in a low-VRAM mode or the
-    estimate for it exceeds the free memory ComfyUI reports: its model patcher's answer where it has one (with
+    One pass launches half the kernels (a UNet step is launch-bound at SD1.5 sizes) but keeps the unconditional
+    rows' activations for the backward too (tests/benchmarks/README.md has both measured). So: one pass unless
+    ComfyUI runs in a low-VRAM mode or the estimate for it exceeds the free memory ComfyUI reports: its model
+    patcher's answer where it has one (with
     dynamic VRAM that counts the weights it can stream out), else the device's."""
     if requested is not None:
         return requested
@@ -438,8 +434,9 @@ def _feed_forward_blocks(model) -> list:
 def _feed_forwards_recomputed(blocks):
     """While the block runs, the UNet's feed-forward blocks keep only their input for the backward and recompute
     the rest in it (activation checkpointing): their GEGLU activations are the largest share of what a guided
-    step keeps (26% of the split pass at SD1.5 512 px, tests/benchmarks/guided_step_memory.py), and recomputing
-    them adds one feed-forward per block (two projections, a GELU, a product) to the backward. The forward is swapped on the module instances and put back afterwards, so the model's
+    step keeps (measured by tests/benchmarks/guided_step_memory.py), and recomputing them adds one feed-forward
+    per block (two projections, a GELU, a product) to the backward. The forward is swapped on the module
+    instances and put back afterwards, so the model's
     structure, its weight names (LoRA keys) and other packs' patches are untouched; the backward may run after
     the block, as the recomputation holds the original forward. blocks: _feed_forward_blocks(model), found once
     per run (the search walks the UNet's ~850 modules)."""
@@ -465,7 +462,8 @@ def guide_model(model_patcher, engine, palette, layout_template, strength: float
     On a guided step the model runs with gradients (recording maps and features of the conditional rows
     only), the energy's gradient to the latent is taken, and the same outputs, detached, are the predictions
     for ComfyUI's own CFG. After CFG the denoised estimate moves against the energy's gradient (self-guidance in
-    k-diffusion's sigma space) by a dimensionless strength: see guidance_direction and guidance_displacement. batched: conditional and unconditional rows in one pass
+    k-diffusion's sigma space) by a dimensionless strength: see guidance_direction and guidance_displacement.
+    batched: conditional and unconditional rows in one pass
     with gradients (True), the unconditional rows apart without gradients (False), or chosen at the first
     guided step of each run from ComfyUI's VRAM mode and free memory (None). expected_noise: the noise fingerprint
     of the layout template's run; a run whose first step starts elsewhere (other noise or sigmas) is refused.

@@ -16,8 +16,8 @@ if command -v clang++ > /dev/null 2>&1; then
   CMAKE="$(command -v cmake || "$PYTHON" -c 'import cmake; print(cmake.CMAKE_BIN_DIR + "/cmake")')"
   "$CMAKE" -S native/fuzz -B build/fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Release > /dev/null
   "$CMAKE" --build build/fuzz > /dev/null
-  rm -rf build/fuzz/work && mkdir -p build/fuzz/work && cp native/fuzz/corpus/* build/fuzz/work/
-  build/fuzz/fuzz_safetensors_reader -runs=200000 -print_final_stats=1 -artifact_prefix=build/fuzz/ build/fuzz/work 2>&1 | grep -E "^stat::number_of_executed_units|^Done"
+  rm -rf build/fuzz/inputs && mkdir -p build/fuzz/inputs && cp native/fuzz/corpus/* build/fuzz/inputs/
+  build/fuzz/fuzz_safetensors_reader -runs=200000 -print_final_stats=1 -artifact_prefix=build/fuzz/ build/fuzz/inputs 2>&1 | grep -E "^stat::number_of_executed_units|^Done"
 else
   echo "clang++ not found: the fuzz run of the file reader skips"
 fi
