@@ -134,7 +134,7 @@ def _one_step_change(host, model, family, context, strength):
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
 
     def first_step(strength):
-        engine = host._guidance_engine(model, positive, None, template, weights)
+        engine = host.engine._guidance_engine(model, positive, None, template, weights)
         guided, _ = host.guide_model(model, engine, None, template, strength)
         start = {}
         out = comfy.sample.sample_custom(guided, noise, 5.0, comfy.samplers.sampler_object("euler"), sigmas[:2], positive,
@@ -192,7 +192,7 @@ def test_older_palettes_of_attention_outputs_are_refused(host):
     metadata = host.pick_palette(model, PoolingVae(), _picture("disc"), positive, 3, "normal")[0].metadata
     metadata.feature_source = "attn2_output"
     with pytest.raises(ValueError, match="pick it again"):
-        host._guidance_engine(model, positive, ops.Palette(metadata), None, {})
+        host.engine._guidance_engine(model, positive, ops.Palette(metadata), None, {})
 
 
 def _one_euler_step(host, model, positive, negative, palette, template, weights, x, sigmas, strength):
@@ -201,7 +201,7 @@ def _one_euler_step(host, model, positive, negative, palette, template, weights,
     import comfy.sample
     import comfy.samplers
 
-    engine = host._guidance_engine(model, positive, palette, template, weights)
+    engine = host.engine._guidance_engine(model, positive, palette, template, weights)
     guided, run = host.guide_model(model, engine, palette, template, strength)
     out = comfy.sample.sample_custom(guided, torch.zeros_like(x), 5.0, comfy.samplers.sampler_object("euler"), sigmas,
                                      positive, negative, model.model.process_latent_out(x), disable_pbar=True, seed=0)
@@ -219,7 +219,7 @@ def test_a_small_guided_step_lowers_each_energy_as_its_gradient_predicts(host, t
     fails it."""
     import comfy.samplers
 
-    monkeypatch.setattr(host, "_GRADIENT_CLIP_RMS", 1e30)
+    monkeypatch.setattr(host.guidance_update, "_GRADIENT_CLIP_RMS", 1e30)
     model, context = _model("sd1")
     positive, negative = subject_conditioning("sd1", 0, context)
     palette, template = guidance_stores(model, positive, negative, 3, 4, 5.0, 8)

@@ -168,7 +168,7 @@ def test_split_pass_recomputes_feed_forwards_and_puts_their_forward_back(host):
 
         x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0), requires_grad=True)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            with host._feed_forwards_recomputed(host._feed_forward_blocks(model) if recompute else []):
+            with host.guided_pass._feed_forwards_recomputed(host.guided_pass._feed_forward_blocks(model) if recompute else []):
                 out = model.apply_model(x, torch.tensor([5.0]), c_crossattn=context)
         return torch.autograd.grad(out.square().sum(), x)[0], sum(kept.values())
 
@@ -190,17 +190,17 @@ def test_guided_passes_follow_comfyuis_vram_mode_and_free_memory(host, monkeypat
     assert host.guided_pass_bytes("sdxl", 2, 64, 64, 4) > needed
     monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NORMAL_VRAM)
     monkeypatch.setattr(mm, "get_free_memory", lambda device=None, torch_free_too=False: needed + 1)
-    assert host._batch_guided_pass(None, "sd1", model, x, conds) is True
-    monkeypatch.setattr(host, "_split_pass_logged", set())
+    assert host.guided_pass._batch_guided_pass(None, "sd1", model, x, conds) is True
+    monkeypatch.setattr(host.guided_pass, "_split_pass_logged", set())
     with caplog.at_level("INFO", logger="pickdraw"):
         monkeypatch.setattr(mm, "get_free_memory", lambda device=None, torch_free_too=False: needed - 1)
-        assert host._batch_guided_pass(None, "sd1", model, x, conds) is False
-        assert host._batch_guided_pass(None, "sd1", model, x, conds) is False
-        assert host._batch_guided_pass(None, "sd1", model, x, [conds[0], None]) is True  # cfg 1: one row
+        assert host.guided_pass._batch_guided_pass(None, "sd1", model, x, conds) is False
+        assert host.guided_pass._batch_guided_pass(None, "sd1", model, x, conds) is False
+        assert host.guided_pass._batch_guided_pass(None, "sd1", model, x, [conds[0], None]) is True  # cfg 1: one row
         monkeypatch.setattr(mm, "get_free_memory", lambda device=None, torch_free_too=False: 2**50)
         monkeypatch.setattr(mm, "vram_state", mm.VRAMState.LOW_VRAM)
-        assert host._batch_guided_pass(None, "sd1", model, x, conds) is False
-        assert host._batch_guided_pass(True, "sd1", model, x, conds) is True
+        assert host.guided_pass._batch_guided_pass(None, "sd1", model, x, conds) is False
+        assert host.guided_pass._batch_guided_pass(True, "sd1", model, x, conds) is True
     assert caplog.text.count("GiB free") == 1 and caplog.text.count("low-VRAM mode") == 1
 
 
@@ -221,7 +221,7 @@ def test_free_memory_is_asked_of_the_model_patcher_where_it_answers(host, monkey
             return needed + 1
 
     monkeypatch.setattr(model, "current_patcher", Patcher(), raising=False)
-    assert host._batch_guided_pass(None, "sd1", model, x, [object(), object()]) is True
+    assert host.guided_pass._batch_guided_pass(None, "sd1", model, x, [object(), object()]) is True
     assert asked == [x.device]
 
 
@@ -367,7 +367,7 @@ def test_guided_steps_run_pytorch_attention_where_the_chosen_one_has_no_backward
             lambda func, *args, **kwargs: attention_without_backward(*args, **kwargs)
     else:
         monkeypatch.setattr(attention, "optimized_attention", attention.wrap_attn(attention_without_backward))
-    monkeypatch.setattr(host, "_attention_swap_logged", set())
+    monkeypatch.setattr(host.guided_pass, "_attention_swap_logged", set())
     with caplog.at_level("INFO", logger="pickdraw"):
         guided, log = run(chosen)
         run(chosen)
@@ -421,7 +421,7 @@ def test_a_step_whose_gradient_is_not_finite_is_not_applied_and_is_reported(ops,
         calls.append(1)
         return (torch.full_like(direction, float("nan")) if len(calls) == 1 else direction), raw
 
-    monkeypatch.setattr(host, "guidance_direction", first_step_nan)
+    monkeypatch.setattr(host.guided_step, "guidance_direction", first_step_nan)
     guided, run = host.guide_model(patcher, engine, palette, template, 1.0)
     result = sample(guided, steps=3, seed=3)
     assert torch.isfinite(result).all()

@@ -107,7 +107,7 @@ def test_a_timestep_range_on_the_subject_prompt_turns_the_terms_off_where_it_doe
     assert torch.isfinite(out["samples"]).all()
     assert "the layout template holds no entry there" in caplog.text and "the guidance was off there" in caplog.text
     with pytest.raises(ValueError, match="did not run at any step of the layout template"):
-        host._report_absent_subject("layout template", [0, 1, 2], 3)
+        host.recording._report_absent_subject("layout template", [0, 1, 2], 3)
 
 
 def test_every_core_model_patch_and_conditioning_node_composes_or_is_refused_by_name(host):

@@ -62,7 +62,7 @@ def test_a_sign_error_in_the_guidance_fails_the_report(tmp_path, monkeypatch):
         run.strength = -run.strength
         return patched, run
 
-    monkeypatch.setattr(host, "guide_model", flipped)
+    monkeypatch.setattr(host.samplers, "guide_model", flipped)
     code, claims, _ = _run_report(tmp_path, "sd1-tiny", multipliers=("0", "1"))
     assert code == 1
     assert not claims["appearance lower with guidance than without at every strength"]["pass"]

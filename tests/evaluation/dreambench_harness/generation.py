@@ -1,4 +1,4 @@
-"""Making one DreamBench image with Pick-and-Draw through the code the nodes run (nodes/comfy_host.py), under
+"""Making one DreamBench image with Pick-and-Draw through the code the nodes run (nodes/comfy_host/), under
 torch.inference_mode() as ComfyUI executes its nodes:
 
 - Subject Prompt: ``subject_tokens`` + ``with_subject`` on the CLIP's encoding of the prompt;

@@ -27,7 +27,7 @@ def _test_helpers():
 
 
 def import_comfyui(comfyui: str | None, device: torch.device):
-    """ComfyUI on sys.path and the pack's host adapter (nodes/comfy_host.py), the code the nodes run."""
+    """ComfyUI on sys.path and the pack's host adapter (nodes/comfy_host/), the code the nodes run."""
     if device.type == "cuda":
         torch.cuda.set_device(device)  # before ComfyUI picks its device: it takes the current one
     if comfyui:

@@ -1,0 +1,89 @@
+"""Vanilla run -> layout template: the model samples as KSampler does while the subject's smoothed cross-attention
+maps are recorded at every step, with the facts (seed, schedule, first noise) a guided run must share."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import ops
+from .family import layer_table
+from .recording import _recording_setup, _report_absent_subject, _store_metadata, capture_each_step
+
+
+def noise_fingerprint(x: torch.Tensor) -> str:
+    """A short text that identifies a run's first latent (its seed's noise at the first sigma, plus the latent it
+    starts from): the first sample's mean, RMS and eight of its values, to four significant digits. ComfyUI draws a
+    batch's noise from one generator, so a template of one sample fits a guided batch of the same seed."""
+    flat = x[:1].detach().float().flatten().cpu()
+    picks = flat[torch.linspace(0, flat.numel() - 1, 8).long()]
+    return ",".join(f"{float(v):.4g}" for v in (flat.mean(), flat.pow(2).mean().sqrt(), *picks))
+
+
+def fingerprints_match(a: str, b: str) -> bool:
+    """Whether two noise fingerprints name the same first latent, up to their rounding."""
+    first, second = [float(v) for v in a.split(",")], [float(v) for v in b.split(",")]
+    return len(first) == len(second) and all(math.isclose(u, v, rel_tol=2e-3, abs_tol=1e-3) for u, v in zip(first, second))
+
+
+def _run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent_samples) -> dict:
+    """What a layout template must share with the guided run that uses it, as metadata strings."""
+    return {"seed": str(int(seed)), "steps": str(int(steps)), "sampler": sampler_name, "scheduler": scheduler,
+            "denoise": f"{float(denoise):.4f}", "latent_size": f"{latent_samples.shape[-2]}x{latent_samples.shape[-1]}",
+            "cfg": f"{float(cfg):.4f}"}
+
+
+def check_template_matches(layout_template, facts: dict) -> None:
+    """ValueError naming every fact in which the template's run differs from this one."""
+    recorded = layout_template.metadata.extra
+    differ = [f"{key} {recorded.get(key)} vs {value}" for key, value in facts.items()
+              if key != "cfg" and recorded.get(key) != value]
+    if differ:
+        raise ValueError("the layout template was drawn with another " + ", ".join(differ) +
+                         " (template vs this run): draw it with the same seed, steps, sampler, scheduler, denoise "
+                         "and latent size as the guided run")
+
+
+def draw_layout_template(model_patcher, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
+                         denoise=1.0, kernel_size=3, smoothing_sigma=0.5):
+    """Samples with the (vanilla) MODEL as KSampler does and records the subject's smoothed maps of every
+    cross-attention layer at every step. Returns (LayoutTemplate, latent dict, subject map [B, H, W] of the
+    first step, averaged over layers, for previews)."""
+    import nodes as comfy_nodes
+
+    if not float(denoise) > 0:
+        raise ValueError(f"denoise is {denoise}: a layout template records the steps the sampler runs, and denoise 0 "
+                         "runs none (use denoise > 0, as in the guided run the template is for)")
+    family, subject, config, engine = _recording_setup(
+        model_patcher, positive, layout_layers=layer_table(model_patcher).default_layout_layers(),
+        smoothing_kernel=kernel_size, smoothing_sigma=smoothing_sigma)
+    recorded = []  # (step, sigma, {layer: smoothed map})
+
+    absent = []
+
+    def on_step(step, steps_total, sigma, recorder):
+        if not recorder.maps():
+            absent.append(step)
+            return
+        maps = {key: ops.gaussian_smooth(recorder.maps()[key].mean(1).detach().clone(), kernel_size, smoothing_sigma)
+                for key in config.layout_layers}
+        recorded.append((step, sigma, maps))
+
+    first_input = []
+    capturing = capture_each_step(model_patcher, engine, on_step, first_input)
+    (out,) = comfy_nodes.common_ksampler(capturing, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                                         latent, denoise=denoise)
+    _report_absent_subject("layout template", absent, len(absent) + len(recorded))
+    template = ops.LayoutTemplate(_store_metadata(
+        family, config.layout_layers, subject, [sigma for _, sigma, _ in recorded], "attn2_probabilities",
+        latent["samples"].shape[-2] * 8, latent["samples"].shape[-1] * 8,
+        {**_run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent["samples"]),
+         "noise": noise_fingerprint(first_input[0])}))
+    for index, (_, _, maps) in enumerate(recorded):
+        for key, value in maps.items():
+            template.set(index, key, value)
+    first = recorded[0][2]
+    size = max((m.shape[-2], m.shape[-1]) for m in first.values())
+    preview = ops.average_token_maps(list(first.values()), size)
+    return template, out, preview
