@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from .toy_world import model as toy_model
+from .comfy_host import toy_world_models as toy_model
 
 REFERENCES = Path(__file__).resolve().parent / "toy_world" / "references"
 LORA = toy_model.WEIGHTS / "toy_world_sks_ball_lora.safetensors"

@@ -3,7 +3,7 @@
 
     COMFYUI_PATH=/path/to/ComfyUI python tests/evaluation/toy_world/train.py --out nodes/toy_world/weights
 
-The networks are ComfyUI's own classes (nodes/toy_world/model.py builds them for training and for loading),
+The networks are ComfyUI's own classes (nodes/comfy_host/toy_world_models.py builds them for training and for loading),
 trained in the space ComfyUI samples them in: SD1.x's discrete scaled-linear schedule, epsilon prediction,
 latents scaled by SD1.x's latent format. Deterministic for a seed on one device and thread count; the CPU
 by default, CUDA with --device cuda. Each stage writes its weights, and training.json records the
@@ -59,7 +59,7 @@ def load_comfy():
 
     comfy.cli_args.args.cpu = not torch.cuda.is_available()
     comfy.cli_args.args.use_pytorch_cross_attention = True  # differentiable and fast; the CPU default is sub-quadratic
-    spec = importlib.util.spec_from_file_location("toy_world_model", ROOT / "nodes" / "toy_world" / "model.py")
+    spec = importlib.util.spec_from_file_location("toy_world_model", ROOT / "nodes" / "comfy_host" / "toy_world_models.py")
     model = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(model)
     return model

@@ -1,7 +1,7 @@
 """The toy world's models as ComfyUI objects: an SD1-family UNet, an SD1 CLIP text encoder and a small KL
 autoencoder, built from ComfyUI's own classes with the configurations they were trained with.
 
-Part of the host adapter (it imports ComfyUI). The weights ship beside this file; the training command that
+Part of the host adapter (it imports ComfyUI). The weights ship in nodes/toy_world/weights/; the training command that
 made them is tests/evaluation/toy_world/train.py, which builds its networks with the same functions.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-WEIGHTS = Path(__file__).resolve().parent / "weights"
+WEIGHTS = Path(__file__).resolve().parents[1] / "toy_world" / "weights"
 
 # An SD1.x UNet at toy size: three levels (16, 8 and 4 latent pixels for a 128 px image), one transformer per
 # block, eight heads as in SD1.x; 64 context channels from the text encoder below.
