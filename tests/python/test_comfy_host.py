@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from comfy_env import conditioning, require_comfyui, sharpen_cross_attention, subject_conditioning, tiny_sd1_patcher
+from tiny_models import store_metadata
 
 
 @pytest.fixture(scope="module")
@@ -74,16 +75,6 @@ def test_unsupported_models_are_named(host):
         host.model_family(fake)
 
 
-def _metadata(ops, layers, sigmas):
-    m = ops.GuidanceMetadata()
-    m.model_family = "sd1"
-    m.layer_keys = list(layers)
-    m.sigmas = [float(s) for s in sigmas]
-    m.tokens = ops.SubjectTokens("dog", "a photo of a dog", [2, 3])
-    m.feature_source = "attn2_query"
-    return m
-
-
 def _engine_and_stores(ops, host, patcher, steps):
     import comfy.samplers
 
@@ -96,8 +87,8 @@ def _engine_and_stores(ops, host, patcher, steps):
     config.layout_end = 1.0
     engine = ops.GuidanceEngine(config)
     sigmas = comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "normal", steps)[:-1]
-    template = ops.LayoutTemplate(_metadata(ops, config.layout_layers, sigmas))
-    palette = ops.Palette(_metadata(ops, config.appearance_layers, sigmas))
+    template = ops.LayoutTemplate(store_metadata(ops, config.layout_layers, sigmas))
+    palette = ops.Palette(store_metadata(ops, config.appearance_layers, sigmas))
     # Template: the unguided run of the template seed; palette: features of a "reference" run.
     sample(host.capture_each_step(patcher, engine, lambda i, n, s, rec: engine.record_template_entry(rec, template, i)),
            steps=steps, seed=0)

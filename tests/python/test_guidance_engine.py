@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import test_attention_recorder as tiny
+import tiny_models as tiny
 
 SIGMAS = [10.0, 5.0, 2.0, 1.0]
 ALL_LAYERS = ["input.1.0", "middle.0.0", "output.1.0"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from comfy_env import PoolingVae, require_comfyui, sharpen_cross_attention, tiny_clip, tiny_sd1_patcher
-from test_comfy_host import _metadata
+from tiny_models import store_metadata
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def _stores(ops, host, patcher, clip, steps, seed=3):
     config.token_indices = [5]
     engine = ops.GuidanceEngine(config)
     sigmas = comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "normal", steps)[:-1]
-    palette = ops.Palette(_metadata(ops, config.appearance_layers, sigmas))
+    palette = ops.Palette(store_metadata(ops, config.appearance_layers, sigmas))
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a dog"))
     latent = torch.zeros(1, 4, 16, 16)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(9))
@@ -108,7 +108,7 @@ def test_guided_ksampler_explains_bad_inputs(ops, env):
                   layout_weight=1.0, appearance_end=0.8, layout_end=0.5, strength=1.0)
     with pytest.raises(ValueError, match="connect a palette, a layout template, or both"):
         guided_ksampler.execute(positive=positive, **common)
-    m = _metadata(ops, ["output.0.0"], [14.0, 1.0])
+    m = store_metadata(ops, ["output.0.0"], [14.0, 1.0])
     m.model_family = "sdxl"
     palette = ops.Palette(m)
     for i in range(2):
