@@ -107,74 +107,95 @@ def _validate_file(file: str) -> bool | str:
     return True if os.path.isfile(path) else f"file not found: {file} (put it in ComfyUI's input/{SUBFOLDER} folder)"
 
 
-def _save_node(node_id: str, display_name: str, socket, input_name: str, what: str) -> type[io.ComfyNode]:
-    class SaveNode(io.ComfyNode):
-        @classmethod
-        def define_schema(cls) -> io.Schema:
-            return io.Schema(
-                node_id=node_id,
-                display_name=display_name,
-                category=CATEGORY,
-                description=f"Writes a {what} to ComfyUI's output folder as a .safetensors file.",
-                inputs=[
-                    socket.Input(input_name, tooltip=f"The {what} to save."),
-                    io.String.Input("filename_prefix", default=f"{SUBFOLDER}/{input_name}",
-                                    tooltip="Path under the output folder; a counter and .safetensors are appended, and "
-                                            "an existing file is never overwritten. Empty: the default. The Load node "
-                                            f"lists it (marked{OUTPUT_MARK}) when it is under {SUBFOLDER}/."),
-                ],
-                outputs=[],
-                is_output_node=True,
-            )
+class _SaveStore(io.ComfyNode):
+    """A Save node: writes its input store (named INPUT_NAME) under the output folder."""
 
-        @classmethod
-        def execute(cls, filename_prefix: str, **store) -> io.NodeOutput:
-            return io.NodeOutput(ui={"text": [_save(store[input_name], filename_prefix, f"{SUBFOLDER}/{input_name}")]})
+    NODE_ID = DISPLAY_NAME = INPUT_NAME = WHAT = ""
+    SOCKET = None
 
-    SaveNode.__name__ = SaveNode.__qualname__ = node_id
-    return SaveNode
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=cls.NODE_ID,
+            display_name=cls.DISPLAY_NAME,
+            category=CATEGORY,
+            description=f"Writes a {cls.WHAT} to ComfyUI's output folder as a .safetensors file.",
+            inputs=[
+                cls.SOCKET.Input(cls.INPUT_NAME, tooltip=f"The {cls.WHAT} to save."),
+                io.String.Input("filename_prefix", default=f"{SUBFOLDER}/{cls.INPUT_NAME}",
+                                tooltip="Path under the output folder; a counter and .safetensors are appended, and "
+                                        "an existing file is never overwritten. Empty: the default. The Load node "
+                                        f"lists it (marked{OUTPUT_MARK}) when it is under {SUBFOLDER}/."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, filename_prefix: str, **store) -> io.NodeOutput:
+        written = _save(store[cls.INPUT_NAME], filename_prefix, f"{SUBFOLDER}/{cls.INPUT_NAME}")
+        return io.NodeOutput(ui={"text": [written]})
 
 
-def _load_node(node_id: str, display_name: str, socket, output_name: str, what: str, load) -> type[io.ComfyNode]:
-    class LoadNode(io.ComfyNode):
-        @classmethod
-        def define_schema(cls) -> io.Schema:
-            return io.Schema(
-                node_id=node_id,
-                display_name=display_name,
-                category=CATEGORY,
-                description=f"Reads a {what} from ComfyUI's input/{SUBFOLDER} or output/{SUBFOLDER} folder.",
-                inputs=[io.Combo.Input("file", options=_stored_files(),
-                                       tooltip=f"A {what} file in input/{SUBFOLDER}, or one saved to output/{SUBFOLDER} "
-                                               f"(marked{OUTPUT_MARK}).")],
-                outputs=[socket.Output(display_name=output_name)],
-            )
+class _LoadStore(io.ComfyNode):
+    """A Load node: reads a store file of input/pickdraw or output/pickdraw with READ and checks its values."""
 
-        @classmethod
-        def validate_inputs(cls, file: str) -> bool | str:
-            return _validate_file(file)
+    NODE_ID = DISPLAY_NAME = OUTPUT_NAME = WHAT = ""
+    SOCKET = None
 
-        @classmethod
-        def fingerprint_inputs(cls, file: str) -> str:
-            return _file_fingerprint(file)
+    @staticmethod
+    def read(path: str):
+        raise NotImplementedError("a Load node names the reader of its store type")
 
-        @classmethod
-        def execute(cls, file: str) -> io.NodeOutput:
-            store = load(_input_path(file))
-            comfy_host.check_finite_store(store, f"{what} file {file}")
-            return io.NodeOutput(store)
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=cls.NODE_ID,
+            display_name=cls.DISPLAY_NAME,
+            category=CATEGORY,
+            description=f"Reads a {cls.WHAT} from ComfyUI's input/{SUBFOLDER} or output/{SUBFOLDER} folder.",
+            inputs=[io.Combo.Input("file", options=_stored_files(),
+                                   tooltip=f"A {cls.WHAT} file in input/{SUBFOLDER}, or one saved to output/{SUBFOLDER} "
+                                           f"(marked{OUTPUT_MARK}).")],
+            outputs=[cls.SOCKET.Output(display_name=cls.OUTPUT_NAME)],
+        )
 
-    LoadNode.__name__ = LoadNode.__qualname__ = node_id
-    return LoadNode
+    @classmethod
+    def validate_inputs(cls, file: str) -> bool | str:
+        return _validate_file(file)
+
+    @classmethod
+    def fingerprint_inputs(cls, file: str) -> str:
+        return _file_fingerprint(file)
+
+    @classmethod
+    def execute(cls, file: str) -> io.NodeOutput:
+        store = cls.read(_input_path(file))
+        comfy_host.check_finite_store(store, f"{cls.WHAT} file {file}")
+        return io.NodeOutput(store)
 
 
 # Node IDs are an API: never rename one.
-SavePalette = _save_node("PickAndDraw_SavePalette", "Save Palette (Pick-and-Draw)", Palette, "palette", "palette")
-LoadPalette = _load_node("PickAndDraw_LoadPalette", "Load Palette (Pick-and-Draw)", Palette, "palette", "palette",
-                         ops.Palette.load)
-SaveLayoutTemplate = _save_node("PickAndDraw_SaveLayoutTemplate", "Save Layout Template (Pick-and-Draw)",
-                                LayoutTemplate, "layout_template", "layout template")
-LoadLayoutTemplate = _load_node("PickAndDraw_LoadLayoutTemplate", "Load Layout Template (Pick-and-Draw)",
-                                LayoutTemplate, "layout_template", "layout template", ops.LayoutTemplate.load)
+class SavePalette(_SaveStore):
+    NODE_ID, DISPLAY_NAME = "PickAndDraw_SavePalette", "Save Palette (Pick-and-Draw)"
+    SOCKET, INPUT_NAME, WHAT = Palette, "palette", "palette"
+
+
+class LoadPalette(_LoadStore):
+    NODE_ID, DISPLAY_NAME = "PickAndDraw_LoadPalette", "Load Palette (Pick-and-Draw)"
+    SOCKET, OUTPUT_NAME, WHAT = Palette, "palette", "palette"
+    read = staticmethod(ops.Palette.load)
+
+
+class SaveLayoutTemplate(_SaveStore):
+    NODE_ID, DISPLAY_NAME = "PickAndDraw_SaveLayoutTemplate", "Save Layout Template (Pick-and-Draw)"
+    SOCKET, INPUT_NAME, WHAT = LayoutTemplate, "layout_template", "layout template"
+
+
+class LoadLayoutTemplate(_LoadStore):
+    NODE_ID, DISPLAY_NAME = "PickAndDraw_LoadLayoutTemplate", "Load Layout Template (Pick-and-Draw)"
+    SOCKET, OUTPUT_NAME, WHAT = LayoutTemplate, "layout_template", "layout template"
+    read = staticmethod(ops.LayoutTemplate.load)
+
 
 NODES = [SavePalette, LoadPalette, SaveLayoutTemplate, LoadLayoutTemplate]

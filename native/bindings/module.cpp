@@ -123,13 +123,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "What this module was built against: pickdraw_version, torch_version, cuda (bool), "
         "guidance_format_version.");
 
-  m.def("uremd", guarded(&uremd), py::arg("generated"), py::arg("palette"),
-        py::arg("weight") = py::none(),
-        R"doc(UREMD loss per problem: sum_n w[b,n] min_m (1 - cos(G[b,n], P[b,m])) / sum_n w[b,n].
-
-generated: [B, N, C] float16/bfloat16/float32/float64; palette: [B or 1, M, C] same dtype and
-device; weight: optional [B, N] weights or 0/1 mask. Returns [B] in the input dtype. Ties go to
-the lowest palette index. Differentiable in all three inputs.)doc");
   m.def("uremd_with_argmin", guarded(&uremd_with_argmin), py::arg("generated"), py::arg("palette"),
         py::arg("weight") = py::none(),
         "Forward only: (loss [B], min_cost [B, N] float32/float64, argmin [B, N] int64).");
@@ -360,11 +353,14 @@ features(): {layer: [Bc, N, heads*dim]} attention outputs of the conditional row
            py::arg("recorder"), py::arg("palette"), py::arg("layout_template"), py::arg("sigma"),
            py::arg("step"), py::arg("steps"))
       .def("record_palette_entry", guarded(&GuidanceEngine::record_palette_entry),
-           py::arg("recorder"), py::arg("palette"), py::arg("sigma_index"), py::arg("row") = 0)
+           py::arg("recorder"), py::arg("palette"), py::arg("sigma_index"), py::arg("row") = 0,
+           py::arg("user_mask") = py::none())
       .def("record_template_entry", guarded(&GuidanceEngine::record_template_entry),
            py::arg("recorder"), py::arg("layout_template"), py::arg("sigma_index"))
       .def("subject_mask", guarded(&GuidanceEngine::subject_mask), py::arg("recorder"),
-           py::arg("height"), py::arg("width"));
+           py::arg("height"), py::arg("width"))
+      .def("palette_mask", guarded(&GuidanceEngine::palette_mask), py::arg("recorder"),
+           py::arg("height"), py::arg("width"), py::arg("row") = 0, py::arg("user_mask") = py::none());
 
   py::class_<UNetLayout>(m, "UNetLayout", "The UNet configuration fields that place its cross-attention layers.")
       .def(py::init<>())

@@ -4,21 +4,15 @@
 #include <ATen/core/grad_mode.h>
 #include <c10/core/InferenceMode.h>
 
+#include "attention_heads.h"
 #include "pickdraw/checks.h"
 #include "pickdraw/token_attention_maps.h"
 
 namespace pickdraw {
 namespace {
 
-// [B, N, heads * dim] -> [B, heads, N, dim]
-at::Tensor split_heads(const at::Tensor& x, int64_t heads) {
-  return x.view({x.size(0), x.size(1), heads, x.size(2) / heads}).transpose(1, 2);
-}
-
-// [B, heads, N, dim] -> [B, N, heads * dim]
-at::Tensor merge_heads(const at::Tensor& x) {
-  return x.transpose(1, 2).reshape({x.size(0), x.size(2), x.size(1) * x.size(3)});
-}
+using detail::merge_heads;
+using detail::split_heads;
 
 at::Tensor fast_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           int64_t heads) {

@@ -159,17 +159,40 @@ StepLoss GuidanceEngine::step_loss(const AttentionRecorder& recorder, const Pale
   return result;
 }
 
+at::Tensor GuidanceEngine::palette_mask(const AttentionRecorder& recorder, int64_t height,
+                                        int64_t width, int64_t row,
+                                        const std::optional<at::Tensor>& user_mask) const {
+  at::NoGradGuard no_grad;
+  if (!user_mask.has_value()) {
+    const auto mask = subject_mask(recorder, height, width);
+    TORCH_CHECK(row >= 0 && row < mask.size(0), "row ", row, " is not among the ", mask.size(0),
+                      " recorded conditional rows");
+    return mask[row].to(at::kBool);
+  }
+  const auto& given = *user_mask;
+  TORCH_CHECK_VALUE(given.dim() >= 2 && given.numel() == given.size(-2) * given.size(-1),
+                    "user_mask must be one [H, W] mask, got shape ", given.sizes());
+  // Area averaging, as torch.nn.functional.interpolate(mode="area") resizes.
+  const auto covered = at::adaptive_avg_pool2d(
+      given.reshape({1, 1, given.size(-2), given.size(-1)}).to(at::kFloat), {height, width});
+  const auto keep = covered.flatten().gt(0.5);
+  TORCH_CHECK_VALUE(keep.any().item<bool>(), "the mask covers no part of the subject at the feature "
+                    "resolution (", height, "x", width, " tokens): widen it");
+  return keep;
+}
+
 void GuidanceEngine::record_palette_entry(const AttentionRecorder& recorder, Palette& palette,
-                                          size_t sigma_index, int64_t row) const {
+                                          size_t sigma_index, int64_t row,
+                                          const std::optional<at::Tensor>& user_mask) const {
   at::NoGradGuard no_grad;
   for (const auto& layer : config_.appearance_layers) {
     const auto& features = capture_of(recorder.features(), layer, "features");
     const auto& maps = capture_of(recorder.maps(), layer, "maps");
     TORCH_CHECK(row >= 0 && row < features.size(0), "row ", row, " is not among the ",
-                features.size(0), " recorded conditional rows");
-    const auto mask = subject_mask(recorder, maps.size(2), maps.size(3))[row].to(at::kBool);
-    palette.set(sigma_index, layer,
-                features[row].index_select(0, at::nonzero(mask).view({-1})).detach().contiguous());
+                      features.size(0), " recorded conditional rows");
+    const auto keep = palette_mask(recorder, maps.size(2), maps.size(3), row, user_mask);
+    const auto rows = at::nonzero(keep.to(features.device())).view({-1});
+    palette.set(sigma_index, layer, features[row].index_select(0, rows).detach().contiguous());
   }
 }
 

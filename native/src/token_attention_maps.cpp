@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "attention_heads.h"
 #include "pickdraw/checks.h"
 
 namespace pickdraw {
@@ -15,7 +16,7 @@ using torch::autograd::variable_list;
 
 // [B, N, heads * dim] -> [B, heads, N, dim] in the compute dtype
 at::Tensor heads_of(const at::Tensor& x, int64_t heads, at::ScalarType compute) {
-  return x.view({x.size(0), x.size(1), heads, x.size(2) / heads}).transpose(1, 2).to(compute);
+  return detail::split_heads(x, heads).to(compute);
 }
 
 at::ScalarType compute_type(const at::Tensor& q) {

@@ -10,7 +10,7 @@ import torch
 from .. import ops
 from .family import layer_table, model_family
 from .palette import PALETTE_FEATURE_SOURCE
-from .subject import subject_of
+from .recording import engine_config
 
 
 def _check_store(store, family: str, table, what: str) -> list[str]:
@@ -71,10 +71,7 @@ def _guidance_engine(model_patcher, positive, palette, layout_template, weights:
             check_finite_store(store, what)
     family = model_family(model_patcher)
     table = layer_table(model_patcher)
-    config = ops.GuidanceConfig()
-    config.token_indices = list(subject_of(positive)["indices"])
-    for name, value in weights.items():
-        setattr(config, name, value)
+    _, config = engine_config(positive, **weights)
     config.appearance_layers = _check_store(palette, family, table, "palette") if palette is not None else []
     if palette is not None:
         for name, value in _palette_mask_settings(palette).items():

@@ -11,7 +11,8 @@ import torch
 
 from .. import ops
 from .family import layer_table
-from .recording import _recording_setup, _report_absent_subject, _store_metadata, capture_each_step
+from .recording import (_recording_setup, _report_absent_subject, _store_from_pass, _store_metadata,
+                        capture_each_step, token_map_preview)
 
 logger = logging.getLogger("pickdraw")
 
@@ -61,32 +62,28 @@ def pick_palette(model_patcher, vae, image, positive, steps, scheduler, mask=Non
     latent = vae.encode(image[..., :3])
     schedule = comfy.samplers.calculate_sigmas(model_patcher.get_model_object("model_sampling"), scheduler, steps)
     ascending = schedule[schedule > 0].flip(0)
-    recorded = []  # (sigma, {layer: features}, token map, mask)
-    calls, absent = [], []
+    extra = {"steps": str(int(steps)), "scheduler": scheduler, "mask": "user" if mask is not None else "saliency",
+             "mask_layers": ",".join(config.mask_layers), "min_mask_pixels": str(int(min_pixels))}
+    metadata = _store_metadata(family, config.appearance_layers, subject, ascending.tolist(), PALETTE_FEATURE_SOURCE,
+                               image.shape[1], image.shape[2], extra, tau)
+    provisional = ops.Palette(metadata)  # entry i at ascending[i]; steps where the subject did not run stay empty
+    calls, recorded, absent, previews = [], [], [], []
 
     def on_step(step, steps_total, sigma, recorder):
         calls.append(sigma)
         if len(calls) == 1:  # _invert's first call, on the clean latent, only finds the way to the first level
             return
+        index = len(calls) - 2
         if not recorder.maps():
-            absent.append(len(calls) - 2)
+            absent.append(index)
             return
-        entries, masks = {}, {}
-        for layer in config.appearance_layers:
-            features = recorder.features()[layer][0].detach().clone()  # the one conditional row
-            h, w = recorder.maps()[layer].shape[-2:]
-            if mask is None:
-                keep = engine.subject_mask(recorder, h, w)[0] > 0.5
-            else:
-                resized = torch.nn.functional.interpolate(mask.reshape(1, 1, *mask.shape[-2:]).float(), size=(h, w), mode="area")
-                keep = resized.flatten() > 0.5
-                if not keep.any():
-                    raise ValueError("the mask covers no part of the subject at the feature resolution: widen it")
-            entries[layer] = features[keep.to(features.device)]
-            masks[layer] = keep.view(h, w)
-        maps = [m.mean(1).detach().clone() for m in recorder.maps().values()]
-        size = max((m.shape[-2], m.shape[-1]) for m in maps)
-        recorded.append((sigma, entries, ops.average_token_maps(maps, size)[0], masks))
+        engine.record_palette_entry(recorder, provisional, index, 0, mask)
+        recorded.append(index)
+        if not previews:  # the lowest sigma's token map, and the kept tokens of the finest appearance layer
+            finest = max(config.appearance_layers, key=lambda key: recorder.maps()[key].shape[-2:].numel())
+            h, w = recorder.maps()[finest].shape[-2:]
+            previews.append(token_map_preview(list(recorder.maps().values()))[0])
+            previews.append(engine.palette_mask(recorder, h, w, 0, mask).view(h, w))
 
     import latent_preview  # ComfyUI's: progress bar, previews and (through its hook) Cancel
 
@@ -100,16 +97,8 @@ def pick_palette(model_patcher, vae, image, positive, steps, scheduler, mask=Non
     comfy.sample.sample_custom(capturing, torch.zeros_like(latent), 1.0, sampler, ascending, positive, positive, latent,
                                callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)
     _report_absent_subject("palette", absent, len(absent) + len(recorded))
-    palette = ops.Palette(_store_metadata(
-        family, config.appearance_layers, subject, [sigma for sigma, _, _, _ in recorded], PALETTE_FEATURE_SOURCE,
-        image.shape[1], image.shape[2],
-        {"steps": str(int(steps)), "scheduler": scheduler, "mask": "user" if mask is not None else "saliency",
-         "mask_layers": ",".join(config.mask_layers), "min_mask_pixels": str(int(min_pixels))}, tau))
-    for index, (_, entries, _, _) in enumerate(recorded):
-        for layer, features in entries.items():
-            palette.set(index, layer, features)
-    finest = max(config.appearance_layers, key=lambda key: recorded[0][3][key].numel())
-    return palette, recorded[0][2], recorded[0][3][finest]
+    metadata.sigmas = [float(ascending[index]) for index in recorded]
+    return _store_from_pass(ops.Palette, provisional, recorded, metadata), previews[0], previews[1]
 
 
 def warn_palette_schedule(palette, steps: int, scheduler: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import comfy.samplers
+import torch
 
 from .. import ops
 from .family import layer_table, model_family
@@ -108,17 +109,22 @@ def capture_each_step(model_patcher, engine, on_step, first_input: list | None =
     return patched
 
 
-def _recording_setup(model_patcher, positive, **config_fields):
-    """(family, subject, config, engine) for a capture pass of this MODEL and prompt (the callers pass the
-    layers, read from layer_table, which refuses unsupported models before anything runs)."""
-    family = model_family(model_patcher)
+def engine_config(positive, **config_fields) -> tuple[dict, "ops.GuidanceConfig"]:
+    """(subject, the engine's configuration) for the subject of this positive conditioning and the given fields."""
     subject = subject_of(positive)
     config = ops.GuidanceConfig()
     config.token_indices = list(subject["indices"])
     for name, value in config_fields.items():
         setattr(config, name, value)
-    return family, subject, config, ops.GuidanceEngine(config)
+    return subject, config
 
+
+def _recording_setup(model_patcher, positive, **config_fields):
+    """(family, subject, config, engine) for a capture pass of this MODEL and prompt (the callers pass the
+    layers, read from layer_table, which refuses unsupported models before anything runs)."""
+    family = model_family(model_patcher)
+    subject, config = engine_config(positive, **config_fields)
+    return family, subject, config, ops.GuidanceEngine(config)
 
 def _report_absent_subject(what: str, absent: list[int], total: int) -> None:
     """After a capture pass: the steps at which no conditioning entry carrying the subject ran (a timestep range on
@@ -143,3 +149,23 @@ def _store_metadata(family, layers, subject, sigmas, feature_source, height, wid
     metadata.tau = tau
     metadata.extra = extra
     return metadata
+
+
+def _store_from_pass(store_type, provisional, recorded: list[int], metadata):
+    """The store a capture pass made: the entries the engine recorded into `provisional` at the pass's step indices
+    `recorded` (the steps where the subject's prompt ran), as entries 0, 1, ... of a store with `metadata` (whose
+    sigmas are those steps')."""
+    store = store_type(metadata)
+    entries = provisional.entries()
+    for index, step in enumerate(recorded):
+        for layer in metadata.layer_keys:
+            store.set(index, layer, entries[(step, layer)])
+    return store
+
+
+def token_map_preview(maps: list) -> torch.Tensor:
+    """Token maps of several layers ([B, h, w], or [B, tokens, h, w] averaged over the tokens) averaged at the finest
+    layer's size: [B, H, W], for the previews."""
+    maps = [m.mean(1) if m.dim() == 4 else m for m in maps]
+    size = max((m.shape[-2], m.shape[-1]) for m in maps)
+    return ops.average_token_maps([m.detach() for m in maps], size)

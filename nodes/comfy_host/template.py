@@ -9,7 +9,8 @@ import torch
 
 from .. import ops
 from .family import layer_table
-from .recording import _recording_setup, _report_absent_subject, _store_metadata, capture_each_step
+from .recording import (_recording_setup, _report_absent_subject, _store_from_pass, _store_metadata,
+                        capture_each_step, token_map_preview)
 
 
 def noise_fingerprint(x: torch.Tensor) -> str:
@@ -58,32 +59,28 @@ def draw_layout_template(model_patcher, seed, steps, cfg, sampler_name, schedule
     family, subject, config, engine = _recording_setup(
         model_patcher, positive, layout_layers=layer_table(model_patcher).default_layout_layers(),
         smoothing_kernel=kernel_size, smoothing_sigma=smoothing_sigma)
-    recorded = []  # (step, sigma, {layer: smoothed map})
-
-    absent = []
+    height, width = latent["samples"].shape[-2] * 8, latent["samples"].shape[-1] * 8
+    recorded, sigmas, absent, stores = [], [], [], []
 
     def on_step(step, steps_total, sigma, recorder):
         if not recorder.maps():
             absent.append(step)
             return
-        maps = {key: ops.gaussian_smooth(recorder.maps()[key].mean(1).detach().clone(), kernel_size, smoothing_sigma)
-                for key in config.layout_layers}
-        recorded.append((step, sigma, maps))
+        if not stores:  # one entry per step of the run; the sigmas are the final store's, known after the pass
+            stores.append(ops.LayoutTemplate(_store_metadata(family, config.layout_layers, subject, [1.0] * steps_total,
+                                                             "attn2_probabilities", height, width, {})))
+        engine.record_template_entry(recorder, stores[0], step)
+        recorded.append(step)
+        sigmas.append(sigma)
 
     first_input = []
     capturing = capture_each_step(model_patcher, engine, on_step, first_input)
     (out,) = comfy_nodes.common_ksampler(capturing, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                          latent, denoise=denoise)
     _report_absent_subject("layout template", absent, len(absent) + len(recorded))
-    template = ops.LayoutTemplate(_store_metadata(
-        family, config.layout_layers, subject, [sigma for _, sigma, _ in recorded], "attn2_probabilities",
-        latent["samples"].shape[-2] * 8, latent["samples"].shape[-1] * 8,
-        {**_run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent["samples"]),
-         "noise": noise_fingerprint(first_input[0])}))
-    for index, (_, _, maps) in enumerate(recorded):
-        for key, value in maps.items():
-            template.set(index, key, value)
-    first = recorded[0][2]
-    size = max((m.shape[-2], m.shape[-1]) for m in first.values())
-    preview = ops.average_token_maps(list(first.values()), size)
+    metadata = _store_metadata(family, config.layout_layers, subject, sigmas, "attn2_probabilities", height, width,
+                               {**_run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent["samples"]),
+                                "noise": noise_fingerprint(first_input[0])})
+    template = _store_from_pass(ops.LayoutTemplate, stores[0], recorded, metadata)
+    preview = token_map_preview([template.get(0, key) for key in config.layout_layers])
     return template, out, preview

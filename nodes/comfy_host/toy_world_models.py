@@ -93,7 +93,7 @@ def load(weights: Path = WEIGHTS):
                                 "train them with tests/evaluation/toy_world/train.py")
     model = build_unet()
     unet_state = comfy.utils.load_torch_file(str(files["unet"]), safe_load=True)
-    missing, unexpected = model.diffusion_model.load_state_dict(unet_state, strict=True), None
+    model.diffusion_model.load_state_dict(unet_state, strict=True)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                                offload_device=comfy.model_management.unet_offload_device())
     clip = build_clip(comfy.utils.load_torch_file(str(files["clip"]), safe_load=True))

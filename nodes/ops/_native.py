@@ -92,7 +92,3 @@ def load():
     )
     _module = module
     return module
-
-
-def has_cuda_kernels() -> bool:
-    return bool(load().build_info()["cuda"])

@@ -87,6 +87,33 @@ def test_capture_passes_fill_the_stores(ops):
     assert template.get(2, "middle.0.0").shape == (1, 4, 4)
 
 
+
+def test_a_user_mask_keeps_the_features_under_it_as_area_resizing_does(ops):
+    """A palette's user mask is averaged over each token's area (the oracle: torch's area interpolation) and the tokens
+    above one half are kept; the entry holds exactly their features. Without a mask the saliency mask decides; a mask
+    that keeps no token, or a batch of masks, is refused with the fix."""
+    engine = make_engine(ops)
+    model, _ = tiny.make(ops)
+    recorder = ops.AttentionRecorder(engine.recorder_layers(), TOKENS)
+    recorder.capture = True
+    torch.manual_seed(3)
+    with torch.no_grad():
+        model(torch.randn(1, 4, 8, 8), torch.randn(1, tiny.CTX_TOKENS, tiny.CTX_DIM), tiny.recorder_attend(recorder, [0]))
+    mask = torch.zeros(1, 32, 32)  # one ComfyUI MASK
+    mask[:, 5:23, 9:30] = 1
+    h, w = recorder.maps()["output.1.0"].shape[-2:]
+    expected = torch.nn.functional.interpolate(mask.unsqueeze(0), size=(h, w), mode="area").flatten() > 0.5
+    assert 0 < int(expected.sum()) < h * w
+    assert torch.equal(engine.palette_mask(recorder, h, w, 0, mask), expected)
+    palette = ops.Palette(metadata(ops, ["output.1.0"]))
+    engine.record_palette_entry(recorder, palette, 0, 0, mask)
+    assert torch.equal(palette.get(0, "output.1.0"), recorder.features()["output.1.0"][0][expected])
+    assert torch.equal(engine.palette_mask(recorder, h, w), engine.subject_mask(recorder, h, w)[0].bool())
+    with pytest.raises(ValueError, match="widen it"):
+        engine.palette_mask(recorder, h, w, 0, torch.zeros(32, 32))
+    with pytest.raises(ValueError, match=r"one \[H, W\] mask"):
+        engine.palette_mask(recorder, h, w, 0, torch.ones(2, 32, 32))
+
 @pytest.mark.parametrize("per", [1, 2])
 @pytest.mark.parametrize("order", [[1, 0], [0, 1], [0], [1, 0, 0]])
 @pytest.mark.parametrize("terms", ["both", "appearance", "layout"])

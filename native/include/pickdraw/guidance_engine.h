@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -76,11 +77,12 @@ class GuidanceEngine {
                      const LayoutTemplate* layout_template, double sigma, int64_t step,
                      int64_t steps) const;
 
-  // Capture passes. Palette: the masked features of conditional row `row` of each appearance
-  // layer become entry (sigma_index, layer). Template: the smoothed, token-averaged maps of each
-  // layout layer (all conditional rows) become entry (sigma_index, layer).
+  // Capture passes. Palette: the features of conditional row `row` of each appearance layer
+  // inside its palette_mask become entry (sigma_index, layer). Template: the smoothed,
+  // token-averaged maps of each layout layer (all conditional rows) become entry (sigma_index, layer).
   void record_palette_entry(const AttentionRecorder& recorder, Palette& palette,
-                            size_t sigma_index, int64_t row = 0) const;
+                            size_t sigma_index, int64_t row = 0,
+                            const std::optional<at::Tensor>& user_mask = std::nullopt) const;
   void record_template_entry(const AttentionRecorder& recorder, LayoutTemplate& layout_template,
                              size_t sigma_index) const;
 
@@ -88,6 +90,13 @@ class GuidanceEngine {
   const std::vector<std::string>& effective_mask_layers() const;
   // Subject mask [Bc, N] (0/1) for a layer of height x width tokens, from the mask layers' maps.
   at::Tensor subject_mask(const AttentionRecorder& recorder, int64_t height, int64_t width) const;
+  // Which of a layer's height x width tokens a palette keeps, [height * width] bool: row `row` of the
+  // subject mask, or, given user_mask [H, W] (1 on the subject, any size; leading dimensions of size 1
+  // allowed), that mask averaged over each token's area (> 0.5 kept). A user mask that keeps no token
+  // is an error naming the fix.
+  at::Tensor palette_mask(const AttentionRecorder& recorder, int64_t height, int64_t width,
+                          int64_t row = 0,
+                          const std::optional<at::Tensor>& user_mask = std::nullopt) const;
 
  private:
   GuidanceConfig config_;
