@@ -166,8 +166,8 @@ def _store_on(store, device):
 
 
 # Memory the forward with gradients keeps for the backward, per latent pixel, batch row and byte of the model's
-# dtype: the peak of a guided step over a plain KSampler's, measured on an H100 with ComfyUI's PyTorch attention at
-# 512-1024 px (tests/benchmarks/results): 0.117-0.124 MiB for SD1.5-shaped UNets, 0.22-0.23 MiB for SDXL.
+# dtype: the peak of a guided step over a plain KSampler's, rounded up from the measurements recorded in
+# tests/benchmarks/README.md (ComfyUI's PyTorch attention, 512-1024 px).
 _GUIDED_MIB_PER_PIXEL_ROW_BYTE = {"sd1": 0.125, "sd2": 0.125, "sdxl": 0.235}
 
 
