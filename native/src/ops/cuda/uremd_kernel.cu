@@ -12,13 +12,17 @@
 
 #include <array>
 
+#include "ops/cuda/cuda_helpers.h"
 #include "ops/uremd_internal.h"
 
 namespace pickdraw {
 namespace {
 
-constexpr int kWarp = 32;
-constexpr int kRowsPerBlock = 8;  // one warp per row, 256 threads
+using cuda::kWarp;
+using cuda::kWarpRowThreads;
+using cuda::warp_row;
+using cuda::warp_row_blocks;
+using cuda::warp_sum;
 // 3 * 2^20 float32 = 12 MiB of scratch: under 10% of the N x M cost matrix the plain torch
 // version allocates at N = M = 4096, in 6 tiles there. Fewer, larger tiles matter on a GPU: each
 // tile costs a GEMM launch and a select launch of host time.
@@ -36,8 +40,7 @@ struct TileParams {
 
 template <typename acc_t>
 __global__ void select_tile_kernel(TileParams<acc_t> t) {
-  const int lane = threadIdx.x % kWarp;
-  const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const auto [r, lane] = warp_row();
   if (r >= t.batches * t.rows) return;  // whole warp leaves together: r is uniform per warp
   const int64_t b = r / t.rows, i = t.row_offset + r % t.rows;
   const acc_t* row = t.dots + r * t.cols;
@@ -93,9 +96,9 @@ void launch_select(const detail::TileSelect& t) {
   p.col_offset = t.col_offset;
   p.shared_palette = t.p_inv_norm.size(0) == 1 ? 1 : 0;
   const int64_t total_rows = p.batches * p.rows;
-  const int64_t blocks = (total_rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  const int64_t blocks = warp_row_blocks(total_rows);
   TORCH_CHECK(blocks <= INT32_MAX, "uremd: too many rows for one launch (", total_rows, ")");
-  select_tile_kernel<acc_t><<<static_cast<unsigned>(blocks), kRowsPerBlock * kWarp, 0,
+  select_tile_kernel<acc_t><<<static_cast<unsigned>(blocks), kWarpRowThreads, 0,
                               at::cuda::getCurrentCUDAStream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -111,15 +114,14 @@ void select_tile_cuda(const detail::TileSelect& t) {
 // One warp per row of [R, C] (contiguous): out[r] = 1 / max(|x_r|, eps), in acc_t.
 template <typename scalar_t, typename acc_t>
 __global__ void inverse_norms_kernel(const scalar_t* x, acc_t* out, int64_t rows, int64_t C) {
-  const int lane = threadIdx.x % kWarp;
-  const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const auto [r, lane] = warp_row();
   if (r >= rows) return;
   acc_t sum = 0;
   for (int64_t c = lane; c < C; c += kWarp) {
     const acc_t v = static_cast<acc_t>(x[r * C + c]);
     sum += v * v;
   }
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
+  sum = warp_sum(sum);
   if (lane == 0) out[r] = acc_t(1) / max(sqrt(sum), acc_t(detail::kCosineEps));
 }
 
@@ -128,15 +130,15 @@ at::Tensor inverse_norms_cuda(const at::Tensor& x_in, at::ScalarType acc) {
   auto out = at::empty({x.size(0), x.size(1)}, x.options().dtype(acc));
   const int64_t rows = x.size(0) * x.size(1);
   if (rows == 0) return out;
-  const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  const int64_t blocks = warp_row_blocks(rows);
   TORCH_CHECK(blocks <= INT32_MAX, "uremd: too many rows for one launch (", rows, ")");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "uremd_inverse_norms", [&] {
     if (acc == at::kDouble) {
-      inverse_norms_kernel<scalar_t, double><<<static_cast<unsigned>(blocks), kRowsPerBlock * kWarp, 0,
+      inverse_norms_kernel<scalar_t, double><<<static_cast<unsigned>(blocks), kWarpRowThreads, 0,
                                                at::cuda::getCurrentCUDAStream()>>>(
           x.data_ptr<scalar_t>(), out.data_ptr<double>(), rows, x.size(2));
     } else {
-      inverse_norms_kernel<scalar_t, float><<<static_cast<unsigned>(blocks), kRowsPerBlock * kWarp, 0,
+      inverse_norms_kernel<scalar_t, float><<<static_cast<unsigned>(blocks), kWarpRowThreads, 0,
                                               at::cuda::getCurrentCUDAStream()>>>(
           x.data_ptr<scalar_t>(), out.data_ptr<float>(), rows, x.size(2));
     }
@@ -155,12 +157,6 @@ std::tuple<at::Tensor, at::Tensor> uremd_row_min_cuda(const at::Tensor& generate
 }
 
 // --- fused backward: the formula of uremd_backward_composite (ops/uremd.cpp) -------------------
-
-template <typename acc_t>
-__device__ acc_t warp_sum(acc_t v) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
-  return __shfl_sync(0xffffffffu, v, 0);
-}
 
 template <typename acc_t>
 struct BackwardParams {
@@ -185,8 +181,7 @@ __device__ const acc_t* chosen_entry(const BackwardParams<acc_t>& t, int64_t r) 
 // Pass 1, one warp per row: norms and cosine of (g_n, p_argmin(n)).
 template <typename acc_t>
 __global__ void backward_cosine_kernel(BackwardParams<acc_t> t) {
-  const int lane = threadIdx.x % kWarp;
-  const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const auto [r, lane] = warp_row();
   if (r >= t.rows) return;
   const acc_t* gr = t.g + r * t.C;
   const acc_t* pr = chosen_entry(t, r);
@@ -211,8 +206,7 @@ __global__ void backward_cosine_kernel(BackwardParams<acc_t> t) {
 // Pass 2, one warp per row: d cost / d g written, d cost / d p accumulated atomically.
 template <typename acc_t>
 __global__ void backward_grad_kernel(BackwardParams<acc_t> t) {
-  const int lane = threadIdx.x % kWarp;
-  const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const auto [r, lane] = warp_row();
   if (r >= t.rows) return;
   const acc_t eps = acc_t(detail::kCosineEps);
   const acc_t coef = t.coef[r];
@@ -259,10 +253,10 @@ void launch_backward(BackwardParams<acc_t> params, const at::Tensor& grad_loss,
                      const at::Tensor* w, const at::Tensor& cos, at::Tensor* grad_w) {
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t B = grad_loss.size(0);
-  const int64_t blocks = (params.rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  const int64_t blocks = warp_row_blocks(params.rows);
   TORCH_CHECK(blocks <= INT32_MAX && B <= INT32_MAX, "uremd: too many rows for one launch (",
               params.rows, ")");
-  backward_cosine_kernel<acc_t><<<static_cast<unsigned>(blocks), kRowsPerBlock * kWarp, 0, stream>>>(params);
+  backward_cosine_kernel<acc_t><<<static_cast<unsigned>(blocks), kWarpRowThreads, 0, stream>>>(params);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   auto scale = at::empty({B}, cos.options());
   auto coef = at::empty_like(cos);
@@ -278,7 +272,7 @@ void launch_backward(BackwardParams<acc_t> params, const at::Tensor& grad_loss,
     *grad_w = (cost - loss) * scale.unsqueeze(1);
   }
   if (params.grad_g != nullptr || params.grad_p != nullptr) {
-    backward_grad_kernel<acc_t><<<static_cast<unsigned>(blocks), kRowsPerBlock * kWarp, 0, stream>>>(params);
+    backward_grad_kernel<acc_t><<<static_cast<unsigned>(blocks), kWarpRowThreads, 0, stream>>>(params);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
