@@ -31,16 +31,21 @@ def import_pack():
     return sys.modules[PACK_NAME]
 
 
+def evaluation_module(package: str, name: str):
+    """<package>.<name> from tests/evaluation/<package> (the toy world, the DreamBench harness), imported as a
+    package made from the folder's path rather than through sys.path."""
+    if package not in sys.modules:
+        folder = ROOT / "tests" / "evaluation" / package
+        made = types.ModuleType(package)
+        made.__path__ = [str(folder)]
+        made.__file__ = str(folder / "__init__.py")
+        sys.modules[package] = made
+    return importlib.import_module(f"{package}.{name}")
+
+
 def toy_world_module(name: str):
-    """toy_world.<name> from tests/evaluation/toy_world (generator, judge, training, sampling), imported as a package
-    made from the folder's path rather than through sys.path."""
-    if "toy_world" not in sys.modules:
-        folder = ROOT / "tests" / "evaluation" / "toy_world"
-        package = types.ModuleType("toy_world")
-        package.__path__ = [str(folder)]
-        package.__file__ = str(folder / "__init__.py")
-        sys.modules["toy_world"] = package
-    return importlib.import_module(f"toy_world.{name}")
+    """toy_world.<name>: the generator, judge, training and sampling of tests/evaluation/toy_world."""
+    return evaluation_module("toy_world", name)
 
 
 @pytest.fixture(scope="session")

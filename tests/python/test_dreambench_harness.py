@@ -19,11 +19,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from comfy_env import comfyui_path, require_comfyui
-from conftest import ROOT
+from conftest import ROOT, evaluation_module
 
-sys.path.insert(0, str(ROOT / "tests" / "evaluation"))
-
-from dreambench_harness import cli, dataset, encoders, metrics, personalisation, results, sharding, summary  # noqa: E402
+cli, dataset, encoders, metrics, personalisation, results, sharding, summary = (
+    evaluation_module("dreambench_harness", name)
+    for name in ("cli", "dataset", "encoders", "metrics", "personalisation", "results", "sharding", "summary"))
 
 SHARED_DREAMBENCH = ROOT.parent / "shared" / "dreambench"
 
