@@ -35,9 +35,9 @@ def _guidance_inputs() -> list:
     ]
 
 
-def _weights(appearance_weight, layout_weight, appearance_end, layout_end) -> dict:
-    return {"appearance_weight": appearance_weight, "layout_weight": layout_weight,
-            "appearance_end": appearance_end, "layout_end": layout_end}
+def _guidance(strength, appearance_weight, layout_weight, appearance_end, layout_end) -> comfy_host.GuidanceSettings:
+    return comfy_host.GuidanceSettings(strength, appearance_weight=appearance_weight, layout_weight=layout_weight,
+                                       appearance_end=appearance_end, layout_end=layout_end)
 
 
 class GuidedKSampler(io.ComfyNode):
@@ -61,9 +61,10 @@ class GuidedKSampler(io.ComfyNode):
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 appearance_weight, layout_weight, appearance_end, layout_end, strength,
                 palette=None, layout_template=None) -> io.NodeOutput:
-        weights = _weights(appearance_weight, layout_weight, appearance_end, layout_end)
-        out, _ = comfy_host.guided_sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
-                                          latent_image, denoise, palette, layout_template, weights, strength)
+        sampling = comfy_host.SamplingSettings(seed, steps, cfg, sampler_name, scheduler, denoise)
+        guidance = _guidance(strength, appearance_weight, layout_weight, appearance_end, layout_end)
+        out, _ = comfy_host.guided_sample(model, sampling, positive, negative, latent_image, palette, layout_template,
+                                          guidance)
         return io.NodeOutput(out)
 
 
@@ -91,9 +92,8 @@ class PickAndDrawGuider(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, cfg, appearance_weight, layout_weight, appearance_end, layout_end,
                 strength, palette=None, layout_template=None) -> io.NodeOutput:
-        guider, _ = comfy_host.guided_cfg_guider(model, positive, negative, cfg, palette, layout_template,
-                                                 _weights(appearance_weight, layout_weight, appearance_end, layout_end),
-                                                 strength)
+        guidance = _guidance(strength, appearance_weight, layout_weight, appearance_end, layout_end)
+        guider, _ = comfy_host.guided_cfg_guider(model, positive, negative, cfg, palette, layout_template, guidance)
         return io.NodeOutput(guider)
 
 

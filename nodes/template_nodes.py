@@ -32,8 +32,8 @@ class DrawLayoutTemplate(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                 denoise) -> io.NodeOutput:
-        template, out, preview = comfy_host.draw_layout_template(model, seed, steps, cfg, sampler_name, scheduler,
-                                                                 positive, negative, latent_image, denoise)
+        sampling = comfy_host.SamplingSettings(seed, steps, cfg, sampler_name, scheduler, denoise)
+        template, out, preview = comfy_host.draw_layout_template(model, sampling, positive, negative, latent_image)
         height, width = latent_image["samples"].shape[-2] * 8, latent_image["samples"].shape[-1] * 8
         return io.NodeOutput(template, out, map_preview(preview, height, width))
 

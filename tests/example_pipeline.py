@@ -102,13 +102,16 @@ def main() -> int:
     palette, token_map, mask = host.pick_palette(personal_model, vae, reference,
                                                  subject_prompt(personal_clip, reference_prompt, personal_subject),
                                                  args.steps, "normal")
-    template, template_latent, subject_map = host.draw_layout_template(
-        model, args.seed, args.steps, args.cfg, "euler", "normal", vanilla_positive, vanilla_negative, latent)
+    template, template_latent, subject_map = host.draw_layout_template(model,
+                                                                       host.SamplingSettings(args.seed, args.steps, args.cfg, "euler", "normal"),
+                                                                       vanilla_positive, vanilla_negative, latent)
     weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 0.8, "layout_end": 0.5}
     runs = {}
     for name, v in (("unguided", 0.0), ("guided", strength)):
-        runs[name], _ = host.guided_sample(personal_model, args.seed, args.steps, args.cfg, "euler", "normal", positive,
-                                           negative, latent, 1.0, palette, template, weights, v)
+        runs[name], _ = host.guided_sample(personal_model,
+                                           host.SamplingSettings(args.seed, args.steps, args.cfg, "euler", "normal", 1.0),
+                                           positive, negative, latent, palette, template,
+                                           host.GuidanceSettings(v, **weights))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

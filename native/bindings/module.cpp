@@ -128,11 +128,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Forward only: (loss [B], min_cost [B, N] float32/float64, argmin [B, N] int64).");
 
   m.def("saliency_mask", guarded(&saliency_mask), py::arg("token_map"), py::arg("tau"),
-        py::arg("min_pixels") = 4, py::arg("out_size") = py::none(),
+        py::arg("min_mask_pixels") = 4, py::arg("out_size") = py::none(),
         R"doc(Binary subject mask from a [B, H, W] token map (no gradient).
 
 Resampled to out_size = (height, width) (antialiased bilinear), min-max normalised per sample,
-thresholded (> tau); when fewer than min_pixels pass, the min_pixels largest values instead.
+thresholded (> tau); when fewer than min_mask_pixels pass, the min_mask_pixels largest values instead.
 Returns [B, height, width] 0/1 in the map's dtype.)doc");
   m.def("average_token_maps",
         guarded(+[](const std::vector<at::Tensor>& maps, std::array<int64_t, 2> size) {
@@ -151,17 +151,17 @@ Softmax over all T tokens (float32 for reduced-precision inputs), columns token_
 returns [B, N, K]. recompute_in_backward: the backward recomputes the probabilities from q and k
 instead of keeping them (less memory, more kernels).)doc");
   m.def("gaussian_kernel_1d", guarded(&gaussian_kernel_1d), py::arg("kernel_size"),
-        py::arg("sigma"),
-        "Normalised 1-D Gaussian taps, float64 [kernel_size] (odd kernel_size, sigma > 0).");
+        py::arg("std_dev"),
+        "Normalised 1-D Gaussian taps, float64 [kernel_size] (odd kernel_size, std_dev > 0).");
   m.def("gaussian_smooth", guarded(&gaussian_smooth), py::arg("maps"), py::arg("kernel_size"),
-        py::arg("sigma"),
+        py::arg("std_dev"),
         "Separable Gaussian blur of [..., H, W] maps with reflect padding; differentiable.");
   m.def("layout_loss",
         guarded(+[](const std::vector<at::Tensor>& maps, const std::vector<at::Tensor>& templates,
-                    int64_t kernel_size, double sigma, bool templates_smoothed) {
-          return layout_loss(maps, templates, kernel_size, sigma, templates_smoothed);
+                    int64_t kernel_size, double std_dev, bool templates_smoothed) {
+          return layout_loss(maps, templates, kernel_size, std_dev, templates_smoothed);
         }),
-        py::arg("maps"), py::arg("templates"), py::arg("kernel_size") = 3, py::arg("sigma") = 0.5,
+        py::arg("maps"), py::arg("templates"), py::arg("kernel_size") = 3, py::arg("std_dev") = 0.5,
         py::arg("templates_smoothed") = false,
         R"doc(Layout loss [B]: mean over layers of ||S(A_l) - S(T_l)||_F.
 
@@ -177,7 +177,7 @@ templates_smoothed). Differentiable in maps.)doc");
                ", recorded=" + std::to_string(s.recorded) + ")";
       });
   m.def("nearest_sigma", guarded(&nearest_sigma), py::arg("recorded"), py::arg("requested"),
-        py::arg("relative_tolerance") = 0.05,
+        py::arg("sigma_tolerance") = 0.05,
         "Nearest recorded sigma in log space; ValueError when outside [min/(1+tol), max*(1+tol)].");
 
   py::class_<SubjectTokens>(m, "SubjectTokens")
@@ -221,10 +221,10 @@ templates_smoothed). Differentiable in maps.)doc");
       .def("has", &GuidanceStore::has, py::arg("sigma_index"), py::arg("layer_key"))
       .def("get", guarded(&GuidanceStore::get), py::arg("sigma_index"), py::arg("layer_key"))
       .def("match_sigma", guarded(&GuidanceStore::match_sigma), py::arg("sigma"),
-           py::arg("relative_tolerance") = 0.05,
+           py::arg("sigma_tolerance") = 0.05,
            "The recorded sigma nearest to `sigma` in log space; ValueError outside the range.")
       .def("lookup", guarded(&GuidanceStore::lookup), py::arg("sigma"), py::arg("layer_key"),
-           py::arg("relative_tolerance") = 0.05,
+           py::arg("sigma_tolerance") = 0.05,
            "The entry of layer_key at the recorded sigma nearest to `sigma`.")
       .def("check_complete", guarded(&GuidanceStore::check_complete))
       .def("__len__", &GuidanceStore::num_entries)
@@ -319,7 +319,7 @@ features(): {layer: [Bc, N, heads*dim]} attention outputs of the conditional row
       .def_readwrite("tau", &GuidanceConfig::tau)
       .def_readwrite("min_mask_pixels", &GuidanceConfig::min_mask_pixels)
       .def_readwrite("smoothing_kernel", &GuidanceConfig::smoothing_kernel)
-      .def_readwrite("smoothing_sigma", &GuidanceConfig::smoothing_sigma)
+      .def_readwrite("smoothing_std_dev", &GuidanceConfig::smoothing_std_dev)
       .def_readwrite("strength", &GuidanceConfig::strength)
       .def_readwrite("sigma_tolerance", &GuidanceConfig::sigma_tolerance);
 

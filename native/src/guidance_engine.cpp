@@ -146,7 +146,7 @@ StepLoss GuidanceEngine::step_loss(const AttentionRecorder& recorder, const Pale
       const auto& t = layout_template->get(static_cast<size_t>(result.template_sigma_index), layer);
       templates.push_back(usable_in_autograd(t.to(m.device(), m.scalar_type())));
     }
-    result.layout = layout_loss(maps, templates, config_.smoothing_kernel, config_.smoothing_sigma,
+    result.layout = layout_loss(maps, templates, config_.smoothing_kernel, config_.smoothing_std_dev,
                                 /*templates_smoothed=*/true);
     const auto weighted = config_.layout_weight * result.layout;
     total = total.defined() ? total + weighted : weighted;
@@ -204,7 +204,7 @@ void GuidanceEngine::record_template_entry(const AttentionRecorder& recorder,
     const auto& maps = capture_of(recorder.maps(), layer, "maps");
     layout_template.set(sigma_index, layer,
                         gaussian_smooth(maps.mean(1), config_.smoothing_kernel,
-                                        config_.smoothing_sigma)
+                                        config_.smoothing_std_dev)
                             .detach()
                             .contiguous());
   }

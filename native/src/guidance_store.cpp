@@ -52,13 +52,13 @@ const at::Tensor& GuidanceStore::get(size_t sigma_index, const std::string& laye
   return it->second;
 }
 
-SigmaMatch GuidanceStore::match_sigma(double sigma, double relative_tolerance) const {
-  return nearest_sigma(metadata_.sigmas, sigma, relative_tolerance);
+SigmaMatch GuidanceStore::match_sigma(double sigma, double sigma_tolerance) const {
+  return nearest_sigma(metadata_.sigmas, sigma, sigma_tolerance);
 }
 
 const at::Tensor& GuidanceStore::lookup(double sigma, const std::string& layer_key,
-                                        double relative_tolerance) const {
-  return get(match_sigma(sigma, relative_tolerance).index, layer_key);
+                                        double sigma_tolerance) const {
+  return get(match_sigma(sigma, sigma_tolerance).index, layer_key);
 }
 
 void GuidanceStore::check_complete() const {

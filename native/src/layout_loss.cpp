@@ -12,7 +12,7 @@
 namespace pickdraw {
 
 at::Tensor layout_loss(at::TensorList maps, at::TensorList templates, int64_t kernel_size,
-                       double sigma, bool templates_smoothed) {
+                       double std_dev, bool templates_smoothed) {
   TORCH_CHECK(!maps.empty(), "layout_loss needs at least one layer");
   TORCH_CHECK(maps.size() == templates.size(), "layout_loss got ", maps.size(),
               " map layers but ", templates.size(), " template layers; they must pair up");
@@ -43,8 +43,8 @@ at::Tensor layout_loss(at::TensorList maps, at::TensorList templates, int64_t ke
   for (const auto& [shape, group] : by_shape) {
     const auto a = at::stack(group.first);  // [L, B, H, W]
     const auto t = at::stack(group.second);
-    const auto smoothed_t = templates_smoothed ? t : gaussian_smooth(t, kernel_size, sigma);
-    const auto diff = gaussian_smooth(a, kernel_size, sigma) - smoothed_t;
+    const auto smoothed_t = templates_smoothed ? t : gaussian_smooth(t, kernel_size, std_dev);
+    const auto diff = gaussian_smooth(a, kernel_size, std_dev) - smoothed_t;
     const auto frob = at::linalg_vector_norm(diff, 2, {2, 3}, /*keepdim=*/false).sum(0);  // [B]
     total = total.defined() ? total + frob : frob;
   }

@@ -36,13 +36,13 @@ at::Tensor average_token_maps(at::TensorList maps, std::array<int64_t, 2> size) 
   return sum / static_cast<double>(maps.size());
 }
 
-at::Tensor saliency_mask(const at::Tensor& token_map, double tau, int64_t min_pixels,
+at::Tensor saliency_mask(const at::Tensor& token_map, double tau, int64_t min_mask_pixels,
                          std::optional<std::array<int64_t, 2>> out_size) {
   PICKDRAW_CHECK_DIM(token_map, 3);
   PICKDRAW_CHECK_FLOATING(token_map);
   TORCH_CHECK(tau >= 0.0 && tau <= 1.0, "tau must be in [0, 1] (it applies to the min-max "
               "normalised map), got ", tau);
-  TORCH_CHECK(min_pixels >= 0, "min_pixels must be >= 0, got ", min_pixels);
+  TORCH_CHECK(min_mask_pixels >= 0, "min_mask_pixels must be >= 0, got ", min_mask_pixels);
   at::NoGradGuard no_grad;
   const auto size = out_size.value_or(std::array<int64_t, 2>{token_map.size(1), token_map.size(2)});
   const int64_t B = token_map.size(0);
@@ -56,7 +56,7 @@ at::Tensor saliency_mask(const at::Tensor& token_map, double tau, int64_t min_pi
   const auto normalised = (map - lo) / (hi - lo + 1e-8);
   auto mask = normalised > tau;
 
-  const int64_t k = std::min(min_pixels, pixels);
+  const int64_t k = std::min(min_mask_pixels, pixels);
   if (k > 0) {
     // Stable descending sort: equal values keep increasing flat index, the documented tie rule.
     const auto order = std::get<1>(map.sort(/*stable=*/true, /*dim=*/1, /*descending=*/true));

@@ -8,10 +8,10 @@
 namespace pickdraw {
 
 SigmaMatch nearest_sigma(const std::vector<double>& recorded, double requested,
-                         double relative_tolerance) {
+                         double sigma_tolerance) {
   if (recorded.empty()) throw std::invalid_argument("no sigmas were recorded");
-  if (!(relative_tolerance >= 0.0) || !std::isfinite(relative_tolerance)) {
-    throw std::invalid_argument("relative_tolerance must be finite and >= 0");
+  if (!(sigma_tolerance >= 0.0) || !std::isfinite(sigma_tolerance)) {
+    throw std::invalid_argument("sigma_tolerance must be finite and >= 0");
   }
   if (!(requested > 0.0) || !std::isfinite(requested)) {
     std::ostringstream msg;
@@ -27,10 +27,10 @@ SigmaMatch nearest_sigma(const std::vector<double>& recorded, double requested,
     lo = std::min(lo, s);
     hi = std::max(hi, s);
   }
-  if (requested < lo / (1.0 + relative_tolerance) || requested > hi * (1.0 + relative_tolerance)) {
+  if (requested < lo / (1.0 + sigma_tolerance) || requested > hi * (1.0 + sigma_tolerance)) {
     std::ostringstream msg;
     msg << "sigma " << requested << " is outside the recorded range [" << lo << ", " << hi
-        << "] (tolerance " << relative_tolerance * 100.0
+        << "] (tolerance " << sigma_tolerance * 100.0
         << "%): record the palette/template with the same model schedule, steps and denoise "
            "as the guided run";
     throw std::invalid_argument(msg.str());

@@ -12,7 +12,7 @@ native library never sees ComfyUI, only tensors, layer keys and token indices. O
 
 and the pieces they share: family.py (which UNets, which layers), subject.py (the subject's token positions),
 recording.py (the recorder in the model, capture passes, store metadata), guided_pass.py (what a forward pass with
-gradients needs from ComfyUI's model).
+gradients needs from ComfyUI's model), settings.py (a run's sampling settings and the guidance's, each one object).
 """
 
 from .engine import check_finite_store, check_guidance_settings
@@ -23,11 +23,13 @@ from .guided_step import GuidanceRun, guide_model
 from .palette import PALETTE_FEATURE_SOURCE, pick_palette, warn_palette_schedule
 from .recording import StepLocator, attach_recorder, capture_each_step
 from .samplers import guided_cfg_guider, guided_sample, report_unguided_steps
+from .settings import GuidanceSettings, SamplingSettings
 from .subject import SUBJECT_KEY, recorded_chunks, subject_of, subject_tokens, with_subject, with_subject_entries
 from .template import check_template_matches, draw_layout_template, fingerprints_match, noise_fingerprint
 
 __all__ = [
-    "PALETTE_FEATURE_SOURCE", "SUBJECT_KEY", "GuidanceRun", "StepLocator", "attach_recorder", "capture_each_step",
+    "PALETTE_FEATURE_SOURCE", "SUBJECT_KEY", "GuidanceRun", "GuidanceSettings", "SamplingSettings", "StepLocator",
+    "attach_recorder", "capture_each_step",
     "check_finite_store", "check_guidance_settings", "check_template_matches", "draw_layout_template",
     "fingerprints_match", "guidance_direction", "guidance_displacement", "guide_model", "guided_cfg_guider",
     "guided_pass_bytes", "guided_pass_options", "guided_sample", "layer_table", "model_family", "noise_fingerprint",

@@ -43,7 +43,7 @@ def _invert(model, x, sigmas, extra_args=None, callback=None, disable=None):
     return x
 
 
-def pick_palette(model_patcher, vae, image, positive, steps, scheduler, mask=None, tau=0.5, min_pixels=4):
+def pick_palette(model_patcher, vae, image, positive, steps, scheduler, mask=None, tau=0.5, min_mask_pixels=4):
     """Inverts the reference image along the model's own sigma schedule (one pass, cfg 1) and keeps, at every
     sigma, the appearance layers' features inside the subject (the saliency mask of the subject's maps, or
     the given MASK). Returns (Palette, token map [H, W] at the lowest sigma, mask [H, W] at the finest
@@ -58,12 +58,12 @@ def pick_palette(model_patcher, vae, image, positive, steps, scheduler, mask=Non
     appearance_layers = layer_table(model_patcher).default_appearance_layers()
     family, subject, config, engine = _recording_setup(
         model_patcher, positive, appearance_layers=appearance_layers, mask_layers=appearance_layers,
-        tau=tau, min_mask_pixels=min_pixels)
+        tau=tau, min_mask_pixels=min_mask_pixels)
     latent = vae.encode(image[..., :3])
     schedule = comfy.samplers.calculate_sigmas(model_patcher.get_model_object("model_sampling"), scheduler, steps)
     ascending = schedule[schedule > 0].flip(0)
     extra = {"steps": str(int(steps)), "scheduler": scheduler, "mask": "user" if mask is not None else "saliency",
-             "mask_layers": ",".join(config.mask_layers), "min_mask_pixels": str(int(min_pixels))}
+             "mask_layers": ",".join(config.mask_layers), "min_mask_pixels": str(int(min_mask_pixels))}
     metadata = _store_metadata(family, config.appearance_layers, subject, ascending.tolist(), PALETTE_FEATURE_SOURCE,
                                image.shape[1], image.shape[2], extra, tau)
     provisional = ops.Palette(metadata)  # entry i at ascending[i]; steps where the subject did not run stay empty

@@ -11,32 +11,31 @@ import torch
 from .engine import _guidance_engine, check_guidance_settings
 from .guided_step import guide_model
 from .palette import warn_palette_schedule
-from .template import _run_facts, check_template_matches
+from .settings import GuidanceSettings, SamplingSettings
+from .template import check_template_matches
 
 logger = logging.getLogger("pickdraw")
 
 
-def guided_sample(model_patcher, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise,
-                  palette, layout_template, weights: dict, strength: float, batched: bool | None = None):
+def guided_sample(model_patcher, sampling: SamplingSettings, positive, negative, latent, palette, layout_template,
+                  guidance: GuidanceSettings, batched: bool | None = None):
     """ComfyUI's KSampler (same noise, schedule, preview and progress) with Pick-and-Draw guidance.
 
-    weights: appearance_weight, layout_weight, appearance_start/end, layout_start/end, tau (the engine's
-    config fields). A term whose store is not connected is off. batched: see guide_model. Returns (latent
-    dict, run log).
+    A term whose store is not connected is off. batched: see guide_model. Returns (latent dict, run log).
     """
     import nodes as comfy_nodes  # ComfyUI's nodes.py: common_ksampler is its KSampler
 
-    check_guidance_settings(strength, weights)
+    check_guidance_settings(guidance.strength, guidance.weights())
     if not bool(torch.isfinite(latent["samples"]).all()):
         raise ValueError("the latent image holds values that are not finite (NaN or infinity): check the node that made it")
     if layout_template is not None:
-        check_template_matches(layout_template, _run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent["samples"]))
+        check_template_matches(layout_template, sampling.facts(latent["samples"]))
     if palette is not None:
-        warn_palette_schedule(palette, steps, scheduler)
-    engine = _guidance_engine(model_patcher, positive, palette, layout_template, weights)
-    guided, run = guide_model(model_patcher, engine, palette, layout_template, strength, batched)
-    (out,) = comfy_nodes.common_ksampler(guided, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
-                                         denoise=denoise)
+        warn_palette_schedule(palette, sampling.steps, sampling.scheduler)
+    engine = _guidance_engine(model_patcher, positive, palette, layout_template, guidance.weights())
+    guided, run = guide_model(model_patcher, engine, palette, layout_template, guidance.strength, batched)
+    (out,) = comfy_nodes.common_ksampler(guided, sampling.seed, sampling.steps, sampling.cfg, sampling.sampler_name,
+                                         sampling.scheduler, positive, negative, latent, denoise=sampling.denoise)
     log = run.log
     report_unguided_steps(log)
     return out, log
@@ -57,15 +56,15 @@ def report_unguided_steps(log: list[dict]) -> None:
                        ", ".join(map(str, skipped)))
 
 
-def guided_cfg_guider(model_patcher, positive, negative, cfg, palette, layout_template, weights: dict, strength: float):
+def guided_cfg_guider(model_patcher, positive, negative, cfg, palette, layout_template, guidance: GuidanceSettings):
     """A CFGGuider for SamplerCustomAdvanced that samples with the guidance. The noise and sigmas come from the
     other nodes of that graph, so the template's seed and schedule cannot be checked before sampling: the first
     step compares its latent with the template's noise fingerprint, and the sigma lookup refuses a schedule outside
     the recorded range."""
-    check_guidance_settings(strength, weights)
-    engine = _guidance_engine(model_patcher, positive, palette, layout_template, weights)
+    check_guidance_settings(guidance.strength, guidance.weights())
+    engine = _guidance_engine(model_patcher, positive, palette, layout_template, guidance.weights())
     expected = layout_template.metadata.extra.get("noise") if layout_template is not None else None
-    guided, run = guide_model(model_patcher, engine, palette, layout_template, strength, expected_noise=expected)
+    guided, run = guide_model(model_patcher, engine, palette, layout_template, guidance.strength, expected_noise=expected)
     guider = comfy.samplers.CFGGuider(guided)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)

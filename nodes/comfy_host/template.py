@@ -9,6 +9,7 @@ import torch
 
 from .. import ops
 from .family import layer_table
+from .settings import SamplingSettings
 from .recording import (_recording_setup, _report_absent_subject, _store_from_pass, _store_metadata,
                         capture_each_step, token_map_preview)
 
@@ -28,13 +29,6 @@ def fingerprints_match(a: str, b: str) -> bool:
     return len(first) == len(second) and all(math.isclose(u, v, rel_tol=2e-3, abs_tol=1e-3) for u, v in zip(first, second))
 
 
-def _run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent_samples) -> dict:
-    """What a layout template must share with the guided run that uses it, as metadata strings."""
-    return {"seed": str(int(seed)), "steps": str(int(steps)), "sampler": sampler_name, "scheduler": scheduler,
-            "denoise": f"{float(denoise):.4f}", "latent_size": f"{latent_samples.shape[-2]}x{latent_samples.shape[-1]}",
-            "cfg": f"{float(cfg):.4f}"}
-
-
 def check_template_matches(layout_template, facts: dict) -> None:
     """ValueError naming every fact in which the template's run differs from this one."""
     recorded = layout_template.metadata.extra
@@ -46,19 +40,19 @@ def check_template_matches(layout_template, facts: dict) -> None:
                          "and latent size as the guided run")
 
 
-def draw_layout_template(model_patcher, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
-                         denoise=1.0, kernel_size=3, smoothing_sigma=0.5):
+def draw_layout_template(model_patcher, sampling: SamplingSettings, positive, negative, latent, smoothing_kernel=3,
+                         smoothing_std_dev=0.5):
     """Samples with the (vanilla) MODEL as KSampler does and records the subject's smoothed maps of every
     cross-attention layer at every step. Returns (LayoutTemplate, latent dict, subject map [B, H, W] of the
     first step, averaged over layers, for previews)."""
     import nodes as comfy_nodes
 
-    if not float(denoise) > 0:
-        raise ValueError(f"denoise is {denoise}: a layout template records the steps the sampler runs, and denoise 0 "
+    if not float(sampling.denoise) > 0:
+        raise ValueError(f"denoise is {sampling.denoise}: a layout template records the steps the sampler runs, and denoise 0 "
                          "runs none (use denoise > 0, as in the guided run the template is for)")
     family, subject, config, engine = _recording_setup(
         model_patcher, positive, layout_layers=layer_table(model_patcher).default_layout_layers(),
-        smoothing_kernel=kernel_size, smoothing_sigma=smoothing_sigma)
+        smoothing_kernel=smoothing_kernel, smoothing_std_dev=smoothing_std_dev)
     height, width = latent["samples"].shape[-2] * 8, latent["samples"].shape[-1] * 8
     recorded, sigmas, absent, stores = [], [], [], []
 
@@ -75,11 +69,11 @@ def draw_layout_template(model_patcher, seed, steps, cfg, sampler_name, schedule
 
     first_input = []
     capturing = capture_each_step(model_patcher, engine, on_step, first_input)
-    (out,) = comfy_nodes.common_ksampler(capturing, seed, steps, cfg, sampler_name, scheduler, positive, negative,
-                                         latent, denoise=denoise)
+    (out,) = comfy_nodes.common_ksampler(capturing, sampling.seed, sampling.steps, sampling.cfg, sampling.sampler_name,
+                                         sampling.scheduler, positive, negative, latent, denoise=sampling.denoise)
     _report_absent_subject("layout template", absent, len(absent) + len(recorded))
     metadata = _store_metadata(family, config.layout_layers, subject, sigmas, "attn2_probabilities", height, width,
-                               {**_run_facts(seed, steps, cfg, sampler_name, scheduler, denoise, latent["samples"]),
+                               {**sampling.facts(latent["samples"]),
                                 "noise": noise_fingerprint(first_input[0])})
     template = _store_from_pass(ops.LayoutTemplate, stores[0], recorded, metadata)
     preview = token_map_preview([template.get(0, key) for key in config.layout_layers])

@@ -49,14 +49,14 @@ def uremd_with_argmin(generated: torch.Tensor, palette: torch.Tensor, weight: to
     return _C.uremd_with_argmin(generated, palette, weight)
 
 
-def saliency_mask(token_map: torch.Tensor, tau: float = 0.5, min_pixels: int = 4, out_size: Sequence[int] | None = None) -> torch.Tensor:
+def saliency_mask(token_map: torch.Tensor, tau: float = 0.5, min_mask_pixels: int = 4, out_size: Sequence[int] | None = None) -> torch.Tensor:
     """Binary subject mask [B, h, w] (0/1 in the map's dtype, no gradient) from a [B, H, W] token map.
 
     The map is resampled to ``out_size = (h, w)`` (antialiased bilinear), min-max normalised per
-    sample and thresholded (``> tau``); when fewer than ``min_pixels`` pass, the ``min_pixels``
+    sample and thresholded (``> tau``); when fewer than ``min_mask_pixels`` pass, the ``min_mask_pixels``
     largest values are taken instead (equal values: lower flat index first).
     """
-    return _C.saliency_mask(token_map, tau, min_pixels, None if out_size is None else tuple(out_size))
+    return _C.saliency_mask(token_map, tau, min_mask_pixels, None if out_size is None else tuple(out_size))
 
 
 def average_token_maps(maps: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
@@ -69,21 +69,21 @@ def resample_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return _C.resample_maps(maps, tuple(size))
 
 
-def gaussian_kernel_1d(kernel_size: int, sigma: float) -> torch.Tensor:
-    """Normalised 1-D Gaussian taps, float64 [kernel_size]; kernel_size odd, sigma > 0."""
-    return _C.gaussian_kernel_1d(kernel_size, sigma)
+def gaussian_kernel_1d(kernel_size: int, std_dev: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps, float64 [kernel_size]; kernel_size odd, std_dev > 0."""
+    return _C.gaussian_kernel_1d(kernel_size, std_dev)
 
 
-def gaussian_smooth(maps: torch.Tensor, kernel_size: int = 3, sigma: float = 0.5) -> torch.Tensor:
+def gaussian_smooth(maps: torch.Tensor, kernel_size: int = 3, std_dev: float = 0.5) -> torch.Tensor:
     """Separable Gaussian blur of [..., H, W] maps, reflect padding. Differentiable; same shape."""
-    return _C.gaussian_smooth(maps, kernel_size, sigma)
+    return _C.gaussian_smooth(maps, kernel_size, std_dev)
 
 
 def layout_loss(
     maps: Sequence[torch.Tensor],
     templates: Sequence[torch.Tensor],
     kernel_size: int = 3,
-    sigma: float = 0.5,
+    std_dev: float = 0.5,
     templates_smoothed: bool = False,
 ) -> torch.Tensor:
     """[B]: mean over layers of ``||S(maps[l]) - S(templates[l])||_F`` (S: Gaussian smoothing).
@@ -91,7 +91,7 @@ def layout_loss(
     maps: list of [B, H_l, W_l]; templates: list of [B or 1, H_l, W_l], taken as already smoothed
     when ``templates_smoothed``. Differentiable in maps.
     """
-    return _C.layout_loss(list(maps), list(templates), kernel_size, sigma, templates_smoothed)
+    return _C.layout_loss(list(maps), list(templates), kernel_size, std_dev, templates_smoothed)
 
 
 def token_attention_maps(q: torch.Tensor, k: torch.Tensor, heads: int, token_index: torch.Tensor,
@@ -102,9 +102,9 @@ def token_attention_maps(q: torch.Tensor, k: torch.Tensor, heads: int, token_ind
     return _C.token_attention_maps(q, k, heads, token_index, recompute_in_backward)
 
 
-def nearest_sigma(recorded: Sequence[float], requested: float, relative_tolerance: float = 0.05) -> SigmaMatch:
+def nearest_sigma(recorded: Sequence[float], requested: float, sigma_tolerance: float = 0.05) -> SigmaMatch:
     """Nearest recorded sigma in log space; ValueError outside ``[min/(1+tol), max*(1+tol)]``."""
-    return _C.nearest_sigma(list(recorded), requested, relative_tolerance)
+    return _C.nearest_sigma(list(recorded), requested, sigma_tolerance)
 
 
 __all__ = [

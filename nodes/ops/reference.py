@@ -49,7 +49,7 @@ def average_token_maps(maps, size) -> torch.Tensor:
     return sum(resample_maps(m, size) for m in maps) / len(maps)
 
 
-def saliency_mask(token_map: torch.Tensor, tau: float, min_pixels: int = 4, out_size=None) -> torch.Tensor:
+def saliency_mask(token_map: torch.Tensor, tau: float, min_mask_pixels: int = 4, out_size=None) -> torch.Tensor:
     size = tuple(out_size) if out_size is not None else tuple(token_map.shape[1:])
     with torch.no_grad():
         a = resample_maps(token_map.detach(), size).flatten(1)
@@ -57,7 +57,7 @@ def saliency_mask(token_map: torch.Tensor, tau: float, min_pixels: int = 4, out_
         for row in a:
             lo, hi = row.min(), row.max()
             m = (row - lo) / (hi - lo + 1e-8) > tau
-            k = min(min_pixels, row.numel())
+            k = min(min_mask_pixels, row.numel())
             if k > 0 and int(m.sum()) < k:
                 # largest values first, lower index first among equal values
                 order = sorted(range(row.numel()), key=lambda i: (-float(row[i]), i))[:k]
@@ -67,18 +67,18 @@ def saliency_mask(token_map: torch.Tensor, tau: float, min_pixels: int = 4, out_
         return torch.stack(masks).to(token_map.dtype).view(-1, *size)
 
 
-def gaussian_kernel_1d(kernel_size: int, sigma: float) -> torch.Tensor:
+def gaussian_kernel_1d(kernel_size: int, std_dev: float) -> torch.Tensor:
     half = kernel_size // 2
-    taps = torch.tensor([math.exp(-0.5 * (i - half) ** 2 / sigma**2) for i in range(kernel_size)], dtype=torch.float64)
+    taps = torch.tensor([math.exp(-0.5 * (i - half) ** 2 / std_dev**2) for i in range(kernel_size)], dtype=torch.float64)
     return taps / taps.sum()
 
 
-def gaussian_smooth(maps: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
+def gaussian_smooth(maps: torch.Tensor, kernel_size: int, std_dev: float) -> torch.Tensor:
     """Full 2-D convolution with the outer-product kernel (the native op is separable)."""
     half = kernel_size // 2
     if half == 0:
         return maps.clone()
-    k1 = gaussian_kernel_1d(kernel_size, sigma).to(maps)
+    k1 = gaussian_kernel_1d(kernel_size, std_dev).to(maps)
     k2 = torch.outer(k1, k1)
     h, w = maps.shape[-2:]
     x = maps.reshape(-1, 1, h, w)
@@ -86,11 +86,11 @@ def gaussian_smooth(maps: torch.Tensor, kernel_size: int, sigma: float) -> torch
     return F.conv2d(x, k2.view(1, 1, kernel_size, kernel_size)).reshape(maps.shape)
 
 
-def layout_loss(maps, templates, kernel_size: int = 3, sigma: float = 0.5, templates_smoothed: bool = False) -> torch.Tensor:
+def layout_loss(maps, templates, kernel_size: int = 3, std_dev: float = 0.5, templates_smoothed: bool = False) -> torch.Tensor:
     terms = []
     for a, t in zip(maps, templates, strict=True):
-        st = t if templates_smoothed else gaussian_smooth(t, kernel_size, sigma)
-        terms.append(torch.linalg.vector_norm(gaussian_smooth(a, kernel_size, sigma) - st, dim=(1, 2)))
+        st = t if templates_smoothed else gaussian_smooth(t, kernel_size, std_dev)
+        terms.append(torch.linalg.vector_norm(gaussian_smooth(a, kernel_size, std_dev) - st, dim=(1, 2)))
     return sum(terms) / len(terms)
 
 
@@ -102,9 +102,9 @@ def token_attention_maps(q: torch.Tensor, k: torch.Tensor, heads: int, token_ind
     return probs[..., token_index].mean(1)
 
 
-def nearest_sigma(recorded, requested: float, relative_tolerance: float = 0.05) -> int:
+def nearest_sigma(recorded, requested: float, sigma_tolerance: float = 0.05) -> int:
     lo, hi = min(recorded), max(recorded)
-    if not (lo / (1 + relative_tolerance) <= requested <= hi * (1 + relative_tolerance)):
+    if not (lo / (1 + sigma_tolerance) <= requested <= hi * (1 + sigma_tolerance)):
         raise ValueError("outside the recorded range")
     dists = [abs(math.log(s) - math.log(requested)) for s in recorded]
     return dists.index(min(dists))

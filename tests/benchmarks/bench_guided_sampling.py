@@ -94,18 +94,20 @@ def bench_case(host, comfy_env, family, side, variants, cap_gib, args, device) -
 
         def guided(name, steps):
             stores, weights, batched = VARIANTS[name]
-            return host.guided_sample(patcher, args.seed, steps, args.cfg, "euler", "normal", positive, negative, latent,
-                                      1.0, palette if stores in ("both", "palette") else None,
+            return host.guided_sample(patcher,
+                                      host.SamplingSettings(args.seed, steps, args.cfg, "euler", "normal", 1.0),
+                                      positive, negative, latent, palette if stores in ("both", "palette") else None,
                                       template if stores in ("both", "template") else None,
-                                      weights, args.strength, batched)[0]
+                                      host.GuidanceSettings(args.strength, **weights), batched=batched)[0]
 
         plain(2)
         runs = {"plain": measure(device, lambda: plain(args.steps))}
         for name in variants:
             # a template is tied to its run's steps: warm up with a template-free variant of the same pass
             warm_batched = VARIANTS[name][2]
-            host.guided_sample(patcher, args.seed, 2, args.cfg, "euler", "normal", positive, negative, latent, 1.0,
-                               palette, None, {"appearance_end": 1.0}, args.strength, warm_batched)
+            host.guided_sample(patcher, host.SamplingSettings(args.seed, 2, args.cfg, "euler", "normal", 1.0),
+                               positive, negative, latent, palette, None,
+                               host.GuidanceSettings(args.strength, appearance_end=1.0), batched=warm_batched)
             try:
                 runs[name] = measure(device, lambda: guided(name, args.steps))
             except torch.cuda.OutOfMemoryError as exc:
@@ -124,9 +126,10 @@ def bench_case(host, comfy_env, family, side, variants, cap_gib, args, device) -
     case["runs"] = runs
     if args.profile and not getattr(args, "profiled", False):
         args.profiled = True
-        profile_guided_steps(device, lambda: host.guided_sample(
-            patcher, args.seed, 3, args.cfg, "euler", "normal", positive, negative, latent, 1.0, palette, None,
-            {"appearance_end": 1.0}, args.strength), lambda: plain(3), args.profile)
+        profile_guided_steps(device, lambda: host.guided_sample(patcher,
+                                                                host.SamplingSettings(args.seed, 3, args.cfg, "euler", "normal", 1.0),
+                                                                positive, negative, latent, palette, None,
+                                                                host.GuidanceSettings(args.strength, appearance_end=1.0)), lambda: plain(3), args.profile)
     del patcher
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -187,8 +190,10 @@ def count_dispatched_ops(host, comfy_env, args, device) -> dict:
                                                      negative, latent),
         "gradient_only": lambda: comfy_nodes.common_ksampler(floor, args.seed, steps, args.cfg, "euler", "normal",
                                                              positive, negative, latent),
-        "guided_all": lambda: host.guided_sample(patcher, args.seed, steps, args.cfg, "euler", "normal", positive,
-                                                 negative, latent, 1.0, palette, template, BOTH_EVERY_STEP, args.strength),
+        "guided_all": lambda: host.guided_sample(patcher,
+                                                 host.SamplingSettings(args.seed, steps, args.cfg, "euler", "normal", 1.0),
+                                                 positive, negative, latent, palette, template,
+                                                 host.GuidanceSettings(args.strength, **BOTH_EVERY_STEP)),
     }
     counts = {}
     for name, run in runs.items():

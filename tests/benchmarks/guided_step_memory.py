@@ -137,8 +137,9 @@ def _measure(host, comfy_env, args) -> dict:
               "image_px": args.side * 8, "passes": {}}
     for label, batched in (("batched", True), ("split", False)):
         with SavedTensorLedger(patcher.model.diffusion_model) as ledger:
-            host.guided_sample(patcher, args.seed, steps, 7.5, "euler", "normal", positive, negative, latent, 1.0,
-                               palette, template, {"appearance_end": 1.0, "layout_end": 1.0}, 1.0, batched=batched)
+            host.guided_sample(patcher, host.SamplingSettings(args.seed, steps, 7.5, "euler", "normal", 1.0),
+                               positive, negative, latent, palette, template,
+                               host.GuidanceSettings(1.0, appearance_end=1.0, layout_end=1.0), batched=batched)
         report["passes"][label] = {"total_mib": ledger.total() / MIB,
                                    "by_block_mib": {k: v / MIB for k, v in ledger.by(unet_block).items()},
                                    "by_kind_mib": {k: v / MIB for k, v in ledger.by(module_kind).items()}}

@@ -73,8 +73,10 @@ def run_seed(host, comfy_env, patcher, family, side, context_dim, seed, args) ->
         weights = {"appearance_end": 1.0, "layout_end": 1.0,
                    "appearance_weight": balance[0] * (1.0 if appearance else 1e-9),
                    "layout_weight": balance[1] * (1.0 if layout else 1e-9)}
-        _, log = host.guided_sample(patcher, seed, args.steps, args.cfg, "euler", "normal", positive, negative, latent,
-                                    1.0, palette, template, weights, strength)
+        _, log = host.guided_sample(patcher,
+                                    host.SamplingSettings(seed, args.steps, args.cfg, "euler", "normal", 1.0),
+                                    positive, negative, latent, palette, template,
+                                    host.GuidanceSettings(strength, **weights))
         return log
 
     own = final_energies(guided(positive_template, "both", 0.0))

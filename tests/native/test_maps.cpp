@@ -26,7 +26,7 @@ TEST(SaliencyMask, ThresholdsTheNormalisedMap) {
 
 TEST(SaliencyMask, FallsBackToTopKWhenTooFewPixelsPass) {
   auto map = at::zeros({2, 3, 3});
-  map[0][1][1] = 1.0;  // one salient pixel, fewer than min_pixels = 4
+  map[0][1][1] = 1.0;  // one salient pixel, fewer than min_mask_pixels = 4
   const auto mask = pickdraw::saliency_mask(map, 0.5, 4);
   EXPECT_EQ(mask[0].sum().item<float>(), 4.0f);
   EXPECT_EQ(mask[0][1][1].item<float>(), 1.0f);

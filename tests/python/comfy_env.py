@@ -259,7 +259,8 @@ def guidance_stores(patcher, positive, negative, seed: int, steps: int, cfg: flo
     `palette_positive` (default: `positive`), both with this MODEL."""
     host = importlib.import_module(f"{PACK_NAME}.nodes.comfy_host")
     latent = {"samples": torch.zeros(1, 4, latent_size, latent_size)}
-    template, _, _ = host.draw_layout_template(patcher, seed, steps, cfg, "euler", "normal", positive, negative, latent)
+    template, _, _ = host.draw_layout_template(patcher, host.SamplingSettings(seed, steps, cfg, "euler", "normal"),
+                                               positive, negative, latent)
     reference = torch.rand(1, latent_size * 8, latent_size * 8, 3, generator=torch.Generator().manual_seed(reference_seed))
     palette, _, _ = host.pick_palette(patcher, PoolingVae(), reference,
                                       positive if palette_positive is None else palette_positive, steps, "normal")

@@ -123,12 +123,13 @@ def matrix() -> dict:
             assert torch.isfinite(out["samples"]).all(), "the plain latent is not finite"
 
         def guided():
-            out, _ = host.guided_sample(patched, 3, STEPS, 5.0, "euler", "normal", cond, negative, latent, 1.0, palette,
-                                        template, weights, 0.3)
+            out, _ = host.guided_sample(patched, host.SamplingSettings(3, STEPS, 5.0, "euler", "normal", 1.0), cond,
+                                        negative, latent, palette, template, host.GuidanceSettings(0.3, **weights))
             assert torch.isfinite(out["samples"]).all(), "the guided latent is not finite"
 
         def draw():
-            host.draw_layout_template(patched, 3, STEPS, 5.0, "euler", "normal", cond, negative, latent)
+            host.draw_layout_template(patched, host.SamplingSettings(3, STEPS, 5.0, "euler", "normal"), cond,
+                                      negative, latent)
 
         def pick():
             host.pick_palette(patched, PoolingVae(), reference, cond, STEPS, "normal")

@@ -40,8 +40,8 @@ def _model(family: str):
 
 def _appearance_per_step(host, model, positive, negative, latent, seed, steps, palette, denoise):
     weights = {"appearance_weight": 1.0, "layout_weight": 0.0, "appearance_end": 1.0, "layout_end": 0.0}
-    _, log = host.guided_sample(model, seed, steps, 1.0, "euler", "normal", positive, negative, latent, denoise,
-                                palette, None, weights, 0.0)
+    _, log = host.guided_sample(model, host.SamplingSettings(seed, steps, 1.0, "euler", "normal", denoise), positive,
+                                negative, latent, palette, None, host.GuidanceSettings(0.0, **weights))
     return np.array([entry["appearance"] for entry in log])
 
 
@@ -128,7 +128,8 @@ def _one_step_change(host, model, family, context, strength):
 
     positive, negative = subject_conditioning(family, 0, context)
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
-    template, _, _ = host.draw_layout_template(model, 3, 4, 5.0, "euler", "normal", positive, negative, latent)
+    template, _, _ = host.draw_layout_template(model, host.SamplingSettings(3, 4, 5.0, "euler", "normal"), positive,
+                                               negative, latent)
     weights = {"appearance_weight": 0.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 1.0}
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 4)
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -347,8 +347,9 @@ def test_guided_steps_run_pytorch_attention_where_the_chosen_one_has_no_backward
     weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 1.0}
 
     def run(patcher):
-        out, log = host.guided_sample(patcher, 3, 3, 5.0, "euler", "normal", positive, negative, latent, 1.0, palette,
-                                      template, weights, 0.3, batched=False)
+        out, log = host.guided_sample(patcher, host.SamplingSettings(3, 3, 5.0, "euler", "normal", 1.0), positive,
+                                      negative, latent, palette, template, host.GuidanceSettings(0.3, **weights),
+                                      batched=False)
         return out["samples"], log
 
     reference, _ = run(model)
@@ -391,11 +392,12 @@ def test_sdxl_shaped_models_are_recognised_and_guided(ops, host):
 
     assert attention_census(patcher, run_once) == set(keys)  # ComfyUI runs exactly these layers
     # Template and guided run through the same code as SD1.x.
-    template, _, _ = host.draw_layout_template(patcher, 0, 3, 7.5, "euler", "normal", positive, sdxl_conditioning(2),
-                                               {"samples": latent})
+    template, _, _ = host.draw_layout_template(patcher, host.SamplingSettings(0, 3, 7.5, "euler", "normal"),
+                                               positive, sdxl_conditioning(2), {"samples": latent})
     assert template.metadata.model_family == "sdxl" and len(template) == 3 * len(keys)
-    out, log = host.guided_sample(patcher, 0, 3, 7.5, "euler", "normal", positive, sdxl_conditioning(2),
-                                  {"samples": latent}, 1.0, None, template, {"layout_end": 1.0}, 1.0)
+    out, log = host.guided_sample(patcher, host.SamplingSettings(0, 3, 7.5, "euler", "normal", 1.0), positive,
+                                  sdxl_conditioning(2), {"samples": latent}, None, template,
+                                  host.GuidanceSettings(1.0, layout_end=1.0))
     assert torch.isfinite(out["samples"]).all() and len(log) == 3 and all(e["layout"] < 1e-5 for e in log)
 
 
@@ -439,8 +441,8 @@ def test_non_finite_or_out_of_range_guidance_input_is_refused(ops, host, bad):
         for (index, layer), tensor in entries.items():
             palette.set(index, layer, torch.full_like(tensor, bad["palette"]))
     with pytest.raises(ValueError, match="finite|0 \\(no guidance\\)|fractions"):
-        host.guided_sample(patcher, 0, 2, 7.5, "euler", "normal", positive, negative, latent, 1.0, palette, None, weights,
-                           bad.get("strength", 0.5))
+        host.guided_sample(patcher, host.SamplingSettings(0, 2, 7.5, "euler", "normal", 1.0), positive, negative,
+                           latent, palette, None, host.GuidanceSettings(bad.get("strength", 0.5), **weights))
 
 
 def test_strength_zero_samples_exactly_as_ksampler_on_pytorch_attention_in_one_pass(host, monkeypatch):
@@ -459,8 +461,9 @@ def test_strength_zero_samples_exactly_as_ksampler_on_pytorch_attention_in_one_p
     weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 1.0}
     (plain,) = comfy_nodes.common_ksampler(model, 3, 4, 5.0, "euler", "normal", positive, negative, latent)
     for batched in (True, False):
-        out, log = host.guided_sample(model, 3, 4, 5.0, "euler", "normal", positive, negative, latent, 1.0, palette,
-                                      template, weights, 0.0, batched=batched)
+        out, log = host.guided_sample(model, host.SamplingSettings(3, 4, 5.0, "euler", "normal", 1.0), positive,
+                                      negative, latent, palette, template, host.GuidanceSettings(0.0, **weights),
+                                      batched=batched)
         assert len(log) == 4 and all(entry["total"] > 0 for entry in log)
         if batched:
             assert torch.equal(out["samples"], plain["samples"])

@@ -66,8 +66,8 @@ def _stores(ops, host, patcher, clip, steps, seed=3):
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(9))
     comfy.sample.sample(host.capture_each_step(patcher, engine, lambda i, n, s, r: engine.record_palette_entry(r, palette, i)),
                         noise, steps, 7.5, "euler", "normal", cond, cond, latent, seed=9, disable_pbar=True)
-    template, _, _ = host.draw_layout_template(patcher, seed, steps, 7.5, "euler", "normal", *_prompts(host, clip),
-                                               {"samples": latent})
+    template, _, _ = host.draw_layout_template(patcher, host.SamplingSettings(seed, steps, 7.5, "euler", "normal"),
+                                               *_prompts(host, clip), {"samples": latent})
     return palette, template
 
 
@@ -146,12 +146,12 @@ def test_a_template_reproduces_its_own_layout_and_refuses_other_seeds(ops, env):
     positive, negative = _prompts(host, clip)
     latent = {"samples": torch.zeros(1, 4, 16, 16)}
     weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 1.0}
-    _, log = host.guided_sample(patcher, 3, 4, 7.5, "euler", "normal", positive, negative, latent, 1.0,
-                                None, template, weights, 0.0)
+    _, log = host.guided_sample(patcher, host.SamplingSettings(3, 4, 7.5, "euler", "normal", 1.0), positive,
+                                negative, latent, None, template, host.GuidanceSettings(0.0, **weights))
     assert all(entry["layout"] < 1e-5 for entry in log), log  # same seed, no guidance: the template's own layout
     with pytest.raises(ValueError, match="drawn with another seed 3 vs 4"):
-        host.guided_sample(patcher, 4, 4, 7.5, "euler", "normal", positive, negative, latent, 1.0,
-                           None, template, weights, 1.0)
+        host.guided_sample(patcher, host.SamplingSettings(4, 4, 7.5, "euler", "normal", 1.0), positive, negative,
+                           latent, None, template, host.GuidanceSettings(1.0, **weights))
 
 
 def test_pick_palette_inverts_the_reference_and_keeps_subject_features(ops, env):
@@ -193,10 +193,11 @@ def test_pick_draw_and_guided_sampling_end_to_end(ops, env):
     image = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(4))
     palette, _, _ = host.pick_palette(patcher, PoolingVae(), image, positive, 4, "normal")
     latent = {"samples": torch.zeros(1, 4, 16, 16)}
-    template, _, _ = host.draw_layout_template(patcher, 7, 4, 7.5, "euler", "normal", positive, negative, latent)
+    template, _, _ = host.draw_layout_template(patcher, host.SamplingSettings(7, 4, 7.5, "euler", "normal"),
+                                               positive, negative, latent)
     weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 0.5}
-    out, log = host.guided_sample(patcher, 7, 4, 7.5, "euler", "normal", positive, negative, latent, 1.0,
-                                  palette, template, weights, 0.5)
+    out, log = host.guided_sample(patcher, host.SamplingSettings(7, 4, 7.5, "euler", "normal", 1.0), positive,
+                                  negative, latent, palette, template, host.GuidanceSettings(0.5, **weights))
     assert torch.isfinite(out["samples"]).all()
     assert [entry["layout"] is not None for entry in log] == [True, True, False, False]
     assert all(entry["appearance"] is not None and entry["appearance"] > 0 for entry in log)
@@ -249,16 +250,18 @@ def _run_long_node(env, which: str, hook) -> None:
     positive, negative = _prompts(host, clip)
     latent = {"samples": torch.zeros(1, 4, 16, 16)}
     if which == "guided":
-        template, _, _ = host.draw_layout_template(patcher, 1, 4, 7.5, "euler", "normal", positive, negative, latent)
+        template, _, _ = host.draw_layout_template(patcher, host.SamplingSettings(1, 4, 7.5, "euler", "normal"),
+                                                   positive, negative, latent)
     comfy.utils.set_progress_bar_global_hook(hook)
     try:
         if which == "pick":
             host.pick_palette(patcher, PoolingVae(), torch.rand(1, 128, 128, 3), positive, 4, "normal")
         elif which == "draw":
-            host.draw_layout_template(patcher, 1, 4, 7.5, "euler", "normal", positive, negative, latent)
+            host.draw_layout_template(patcher, host.SamplingSettings(1, 4, 7.5, "euler", "normal"), positive,
+                                      negative, latent)
         else:
-            host.guided_sample(patcher, 1, 4, 7.5, "euler", "normal", positive, negative, latent, 1.0, None, template,
-                               {"layout_end": 1.0}, 1.0)
+            host.guided_sample(patcher, host.SamplingSettings(1, 4, 7.5, "euler", "normal", 1.0), positive, negative,
+                               latent, None, template, host.GuidanceSettings(1.0, layout_end=1.0))
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
 
@@ -340,15 +343,16 @@ def test_guided_sampling_in_the_host_cases(ops, env, case):
     if case == "noise mask":
         latent["noise_mask"] = torch.zeros(1, 1, 128, 128)
         latent["noise_mask"][..., 32:96, 32:96] = 1
-    template, _, _ = host.draw_layout_template(patcher, 3, 4, cfg, "euler", "normal", positive, negative, latent, denoise)
+    template, _, _ = host.draw_layout_template(patcher, host.SamplingSettings(3, 4, cfg, "euler", "normal", denoise),
+                                               positive, negative, latent)
     assert template.get(0, "output.3.0").shape[0] == batch
     weights = {"layout_end": 1.0}
-    out, log = host.guided_sample(patcher, 3, 4, cfg, "euler", "normal", positive, negative, latent, denoise,
-                                  None, template, weights, 0.5)
+    out, log = host.guided_sample(patcher, host.SamplingSettings(3, 4, cfg, "euler", "normal", denoise), positive,
+                                  negative, latent, None, template, host.GuidanceSettings(0.5, **weights))
     assert torch.isfinite(out["samples"]).all() and out["samples"].shape == latent["samples"].shape
     assert len(log) >= 1 and all(entry["layout"] is not None for entry in log)
-    unguided, _ = host.guided_sample(patcher, 3, 4, cfg, "euler", "normal", positive, negative, latent, denoise,
-                                     None, template, weights, 0.0)
+    unguided, _ = host.guided_sample(patcher, host.SamplingSettings(3, 4, cfg, "euler", "normal", denoise), positive,
+                                     negative, latent, None, template, host.GuidanceSettings(0.0, **weights))
     (plain,) = comfy_nodes.common_ksampler(patcher, 3, 4, cfg, "euler", "normal", positive, negative, latent, denoise=denoise)
     torch.testing.assert_close(unguided["samples"], plain["samples"], rtol=1e-4, atol=1e-4)
 
@@ -371,9 +375,10 @@ def test_lora_patches_and_later_runs_are_unharmed_by_guided_sampling(ops, env):
         lora = base.clone()
         lora.add_patches({key: (torch.full(base.model.state_dict()[key].shape, 0.02),)}, 1.0)
         with_lora_before = plain(lora)
-        template, _, _ = host.draw_layout_template(lora, 3, 3, 7.5, "euler", "normal", positive, negative, latent)
-        host.guided_sample(lora, 3, 3, 7.5, "euler", "normal", positive, negative, latent, 1.0, None, template,
-                           {"layout_end": 1.0}, 0.5)
+        template, _, _ = host.draw_layout_template(lora, host.SamplingSettings(3, 3, 7.5, "euler", "normal"),
+                                                   positive, negative, latent)
+        host.guided_sample(lora, host.SamplingSettings(3, 3, 7.5, "euler", "normal", 1.0), positive, negative,
+                           latent, None, template, host.GuidanceSettings(0.5, layout_end=1.0))
         torch.testing.assert_close(plain(lora), with_lora_before)
         lora.unpatch_model()
         torch.testing.assert_close(plain(base), plain(tiny_sd1_patcher()))
@@ -450,9 +455,11 @@ def test_guided_sampling_with_weights_cast_per_layer_as_in_lowvram(ops, env, bat
         assert cast
         for m in cast:
             m.comfy_cast_weights = True
-        template, _, _ = host.draw_layout_template(patcher, 3, 3, 7.5, "euler", "normal", positive, negative, latent)
-        out, log = host.guided_sample(patcher, 3, 3, 7.5, "euler", "normal", positive, negative, latent, 1.0, None,
-                                      template, {"layout_end": 1.0}, 0.0, batched=batched)
+        template, _, _ = host.draw_layout_template(patcher, host.SamplingSettings(3, 3, 7.5, "euler", "normal"),
+                                                   positive, negative, latent)
+        out, log = host.guided_sample(patcher, host.SamplingSettings(3, 3, 7.5, "euler", "normal", 1.0), positive,
+                                      negative, latent, None, template, host.GuidanceSettings(0.0, layout_end=1.0),
+                                      batched=batched)
         (plain,) = comfy_nodes.common_ksampler(patcher, 3, 3, 7.5, "euler", "normal", positive, negative, latent)
     assert len(log) == 3
     torch.testing.assert_close(out["samples"], plain["samples"], rtol=1e-4, atol=1e-4)
@@ -470,8 +477,10 @@ def test_a_combined_conditioning_records_the_subjects_prompt_only(env):
     other = clip.encode_from_tokens_scheduled(clip.tokenize("a red car in the snow at night"))
     (combined,) = comfy_nodes.ConditioningCombine().combine(other, positive)
     latent = {"samples": torch.zeros(1, 4, 16, 16)}
-    alone, _, _ = host.draw_layout_template(patcher, 5, 3, 7.5, "euler", "normal", positive, negative, latent)
-    mixed, _, _ = host.draw_layout_template(patcher, 5, 3, 7.5, "euler", "normal", combined, negative, latent)
+    alone, _, _ = host.draw_layout_template(patcher, host.SamplingSettings(5, 3, 7.5, "euler", "normal"), positive,
+                                            negative, latent)
+    mixed, _, _ = host.draw_layout_template(patcher, host.SamplingSettings(5, 3, 7.5, "euler", "normal"), combined,
+                                            negative, latent)
     for layer in alone.metadata.layer_keys:
         assert mixed.get(0, layer).shape == alone.get(0, layer).shape, layer
         torch.testing.assert_close(mixed.get(0, layer), alone.get(0, layer), msg=layer)
@@ -493,12 +502,15 @@ def test_mismatches_are_named(env, caplog):
     palette, _, _ = host.pick_palette(patcher, PoolingVae(), torch.rand(1, 64, 64, 3), positive, 6, "normal")
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     with caplog.at_level("WARNING", logger="pickdraw"):
-        host.guided_sample(patcher, 1, 6, 5.0, "euler", "normal", positive, negative, latent, 1.0, palette, None, {}, 0.3)
+        host.guided_sample(patcher, host.SamplingSettings(1, 6, 5.0, "euler", "normal", 1.0), positive, negative,
+                           latent, palette, None, host.GuidanceSettings(0.3))
         assert "palette was picked" not in caplog.text
-        host.guided_sample(patcher, 1, 3, 5.0, "euler", "karras", positive, negative, latent, 1.0, palette, None, {}, 0.3)
+        host.guided_sample(patcher, host.SamplingSettings(1, 3, 5.0, "euler", "karras", 1.0), positive, negative,
+                           latent, palette, None, host.GuidanceSettings(0.3))
     assert "along 6 steps of the 'normal' schedule and this run samples 3 steps of 'karras'" in caplog.text
     with pytest.raises(ValueError, match="denoise is 0"):
-        host.draw_layout_template(patcher, 1, 3, 5.0, "euler", "normal", positive, negative, latent, denoise=0.0)
+        host.draw_layout_template(patcher, host.SamplingSettings(1, 3, 5.0, "euler", "normal", 0.0), positive,
+                                  negative, latent)
     with pytest.raises(ValueError, match="is not in the prompt") as error:
         host.subject_tokens(clip, "a photo of a dog", "cat")
     assert str(error.value).count("endoftext") == 1 and len(str(error.value)) < 200, str(error.value)

@@ -48,11 +48,11 @@ def test_average_token_maps_matches_reference(ops, reference, device):
     torch.testing.assert_close(ops.average_token_maps(maps, (16, 16)), reference.average_token_maps(maps, (16, 16)))
 
 
-@pytest.mark.parametrize("kernel_size, sigma", [(1, 1.0), (3, 0.5), (5, 1.5), (7, 3.0)])
-def test_gaussian_smooth_matches_reference_and_gradcheck(ops, reference, device, kernel_size, sigma):
+@pytest.mark.parametrize("kernel_size, std_dev", [(1, 1.0), (3, 0.5), (5, 1.5), (7, 3.0)])
+def test_gaussian_smooth_matches_reference_and_gradcheck(ops, reference, device, kernel_size, std_dev):
     x = torch.rand(2, 3, 9, 11, dtype=torch.float64, device=device, requires_grad=True)
-    torch.testing.assert_close(ops.gaussian_smooth(x, kernel_size, sigma), reference.gaussian_smooth(x, kernel_size, sigma))
-    assert torch.autograd.gradcheck(lambda t: ops.gaussian_smooth(t, kernel_size, sigma), (x,), nondet_tol=nondet_tol(device))
+    torch.testing.assert_close(ops.gaussian_smooth(x, kernel_size, std_dev), reference.gaussian_smooth(x, kernel_size, std_dev))
+    assert torch.autograd.gradcheck(lambda t: ops.gaussian_smooth(t, kernel_size, std_dev), (x,), nondet_tol=nondet_tol(device))
 
 
 def test_gaussian_kernel_matches_reference(ops, reference):
@@ -61,9 +61,9 @@ def test_gaussian_kernel_matches_reference(ops, reference):
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(3, 12), st.integers(3, 12), st.sampled_from([1, 3, 5]), st.floats(0.1, 5), st.floats(-10, 10))
-def test_smoothing_preserves_a_constant_map(ops, h, w, k, sigma, value):
+def test_smoothing_preserves_a_constant_map(ops, h, w, k, std_dev, value):
     c = torch.full((1, h, w), value, dtype=torch.float64)
-    torch.testing.assert_close(ops.gaussian_smooth(c, k, sigma), c, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ops.gaussian_smooth(c, k, std_dev), c, rtol=1e-12, atol=1e-12)
 
 
 def test_smoothing_refuses_maps_smaller_than_the_kernel(ops):

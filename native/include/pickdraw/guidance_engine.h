@@ -37,7 +37,7 @@ struct GuidanceConfig {
   double tau = 0.5;                // saliency threshold
   int64_t min_mask_pixels = 4;     // top-k fallback of the saliency mask
   int64_t smoothing_kernel = 3;    // Gaussian smoothing of the layout maps
-  double smoothing_sigma = 0.5;
+  double smoothing_std_dev = 0.5;
   double strength = 1.0;           // guidance strength v (applied by the host to the gradient)
   double sigma_tolerance = 0.05;   // relative tolerance of the palette/template sigma lookup
 };

@@ -34,10 +34,10 @@ class GuidanceStore {
   const at::Tensor& get(size_t sigma_index, const std::string& layer_key) const;
 
   // The recorded sigma nearest to `sigma` (see sigma_lookup.h).
-  SigmaMatch match_sigma(double sigma, double relative_tolerance = 0.05) const;
+  SigmaMatch match_sigma(double sigma, double sigma_tolerance = 0.05) const;
   // The entry of layer_key at the recorded sigma nearest to `sigma`.
   const at::Tensor& lookup(double sigma, const std::string& layer_key,
-                           double relative_tolerance = 0.05) const;
+                           double sigma_tolerance = 0.05) const;
 
   // Throws when some (sigma, layer) entry was never set.
   void check_complete() const;

@@ -13,6 +13,6 @@ namespace pickdraw {
 //   (a LayoutTemplate stores them so), otherwise they are smoothed here with the same kernel.
 // Returns [B]. At least one layer is required.
 at::Tensor layout_loss(at::TensorList maps, at::TensorList templates, int64_t kernel_size,
-                       double sigma, bool templates_smoothed = false);
+                       double std_dev, bool templates_smoothed = false);
 
 }  // namespace pickdraw

@@ -13,12 +13,12 @@ namespace pickdraw {
 
 // token_map: [B, H, W] floating, already averaged over heads and layers (average_token_maps).
 // tau in [0, 1]: a pixel is salient when its normalised value is strictly greater than tau.
-// min_pixels >= 0: when fewer pixels pass, the mask becomes the min_pixels largest values of the
+// min_mask_pixels >= 0: when fewer pixels pass, the mask becomes the min_mask_pixels largest values of the
 //   map instead (capped at H*W; equal values keep the lower flat index). 0 disables the fallback.
 // out_size: {height, width} of the features the mask will weight; the map is resampled there
 //   with antialiased bilinear filtering before thresholding. Default: the map's own size.
 // Returns [B, out_h, out_w] of 0s and 1s in the map's dtype, on its device, without gradient.
-at::Tensor saliency_mask(const at::Tensor& token_map, double tau, int64_t min_pixels = 4,
+at::Tensor saliency_mask(const at::Tensor& token_map, double tau, int64_t min_mask_pixels = 4,
                          std::optional<std::array<int64_t, 2>> out_size = std::nullopt);
 
 // Averages token maps taken at different resolutions (one [B, h_i, w_i] per layer) after

@@ -16,10 +16,10 @@ struct SigmaMatch {
   double log_distance = 0.0; // |log(requested) - log(recorded)|
 };
 
-// recorded: positive finite sigmas in any order (non-empty). relative_tolerance >= 0: requests
+// recorded: positive finite sigmas in any order (non-empty). sigma_tolerance >= 0: requests
 // down to min/(1 + tol) and up to max*(1 + tol) are accepted. Ties go to the lower index.
 // Throws std::invalid_argument on a bad argument or a request outside that range.
 SigmaMatch nearest_sigma(const std::vector<double>& recorded, double requested,
-                         double relative_tolerance = 0.05);
+                         double sigma_tolerance = 0.05);
 
 }  // namespace pickdraw

@@ -122,9 +122,11 @@ class PickAndDrawGenerator:
         state = self._group[1]
         if needs_template and "template" not in state:
             s = self.settings
-            state["template"], state["template_latent"], _ = self.host.draw_layout_template(
-                self.models.model, job.seed, s.steps, s.cfg, s.sampler, s.scheduler, state["vanilla_positive"],
-                state["vanilla_negative"], self._latent())
+            state["template"], state["template_latent"], _ = self.host.draw_layout_template(self.models.model,
+                                                                                            self.host.SamplingSettings(job.seed, s.steps, s.cfg, s.sampler, s.scheduler),
+                                                                                            state["vanilla_positive"],
+                                                                                            state["vanilla_negative"],
+                                                                                            self._latent())
         return state
 
     def image(self, subject: Subject, template: str, job: Job) -> np.ndarray:
@@ -142,7 +144,9 @@ class PickAndDrawGenerator:
                 (latent,) = comfy_nodes.common_ksampler(models.model, job.seed, s.steps, s.cfg, s.sampler, s.scheduler,
                                                         state["positive"], state["negative"], self._latent(), denoise=1.0)
             else:
-                latent, _ = self.host.guided_sample(
-                    models.model, job.seed, s.steps, s.cfg, s.sampler, s.scheduler, state["positive"], state["negative"],
-                    self._latent(), 1.0, self.palette(subject, models), state["template"], s.guidance_weights(), job.strength)
+                latent, _ = self.host.guided_sample(models.model,
+                                                    self.host.SamplingSettings(job.seed, s.steps, s.cfg, s.sampler, s.scheduler, 1.0),
+                                                    state["positive"], state["negative"], self._latent(),
+                                                    self.palette(subject, models), state["template"],
+                                                    self.host.GuidanceSettings(job.strength, **s.guidance_weights()))
             return image_pixels(self.models.vae.decode(latent["samples"]))

@@ -51,7 +51,8 @@ class Toy:
         return palette
 
     def template(self, seed: int, text: str, subject: str):
-        template, latent, _ = self.host.draw_layout_template(self.model, seed, self.steps, self.cfg, "euler", "normal",
+        template, latent, _ = self.host.draw_layout_template(self.model,
+                                                             self.host.SamplingSettings(seed, self.steps, self.cfg, "euler", "normal"),
                                                              self.positive(text, subject), self.negative, self.latent)
         return template, latent
 
@@ -67,8 +68,10 @@ class Toy:
             weights = {"appearance_weight": appearance_weight if palette is not None else 0.0,
                        "layout_weight": layout_weight if template is not None else 0.0,
                        "appearance_end": 0.8, "layout_end": 0.5}
-            out, _ = self.host.guided_sample(model, seed, self.steps, self.cfg, "euler", "normal", positive, self.negative,
-                                             self.latent, 1.0, palette, template, weights, strength)
+            out, _ = self.host.guided_sample(model,
+                                             self.host.SamplingSettings(seed, self.steps, self.cfg, "euler", "normal", 1.0),
+                                             positive, self.negative, self.latent, palette, template,
+                                             self.host.GuidanceSettings(strength, **weights))
         return self.decode(out)
 
     def decode(self, latent: dict) -> np.ndarray:
