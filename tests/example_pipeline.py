@@ -135,7 +135,7 @@ def toy_world_job(out: Path, seeds: int, strength: float, steps: int) -> int:
 
     sys.path.insert(0, str(HERE / "evaluation"))
     from toy_world import judge
-    from toy_world.sampling import CLASS, PERSONAL_NAME, PROMPTS, REFERENCE, Toy, iou, prompt_text
+    from toy_world.sampling import CLASS, PERSONAL_NAME, PROMPTS, REFERENCE, Toy, iou, prompt_label, prompt_text
     from PIL import Image
 
     print(f"No --checkpoint: the toy world (its model, the '{PERSONAL_NAME}' LoRA and its reference), strength {strength:g}")
@@ -167,14 +167,15 @@ def toy_world_job(out: Path, seeds: int, strength: float, steps: int) -> int:
                         "class": reading.cls, "scene": reading.scene, "identity": list(reading.identity()),
                         "box": list(reading.box) if reading.box else None},
                     "identity": float(np.mean([a == b for a, b in zip(reading.identity(), truth.identity())])),
-                    "scene_obeyed": reading.scene == scene, "position_obeyed": position in reading.position_words(),
+                    "scene_obeyed": reading.scene == scene,
+                    "position_obeyed": None if position is None else position in reading.position_words(),
                     "box_iou_with_template": iou(reading.box, readings["template"].box)})
             rows.append(np.concatenate([reference, pictures["template"], pictures["lora"], pictures["pick_and_draw"]], axis=1))
-        Image.fromarray(np.concatenate(rows, axis=0)).save(out / f"grid_{scene}_{position}.png".replace(" ", "_"))
+        Image.fromarray(np.concatenate(rows, axis=0)).save(out / f"grid_{prompt_label(scene, position)}.png".replace(" ", "_"))
     summary = {}
     for name in ("template", "lora", "pick_and_draw"):
         chosen = [p for p in metrics["pictures"] if p["picture"] == name]
-        summary[name] = {key: float(np.mean([p[key] for p in chosen]))
+        summary[name] = {key: float(np.mean([p[key] for p in chosen if p[key] is not None]))
                          for key in ("identity", "scene_obeyed", "position_obeyed", "box_iou_with_template")}
     metrics["summary"] = summary
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))

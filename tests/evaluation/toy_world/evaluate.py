@@ -39,21 +39,25 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(ROOT / "tests" / "python"))
 
 from toy_world import judge, world  # noqa: E402
-from toy_world.sampling import CLASS, PERSONAL_NAME, PROMPTS, REFERENCE, Toy, iou, prompt_text  # noqa: E402
+from toy_world.sampling import CLASS, PERSONAL_NAME, PROMPTS, REFERENCE, Toy, iou, prompt_label, prompt_text  # noqa: E402
 
-def scores(reading: judge.Reading, reference: world.Subject, cls: str, scene: str, position: str) -> dict:
+def scores(reading: judge.Reading, reference: world.Subject, cls: str, scene: str, position: str | None) -> dict:
+    """Identity (the reference's attributes), class, and prompt fidelity: the scene and, where the prompt has one,
+    the position word obeyed."""
+    obeyed = [reading.scene == scene] + ([position in reading.position_words()] if position else [])
     return {
         "identity": float(np.mean([a == b for a, b in zip(reading.identity(), reference.identity())])),
         "class": float(reading.cls == cls),
-        "fidelity": float(np.mean([reading.scene == scene, position in reading.position_words()])),
+        "fidelity": float(np.mean(obeyed)),
         "box": list(reading.box) if reading.box is not None else None,
     }
 
 
 def diversity(rows: list[dict]) -> float:
-    """Mean over prompts of the mean distance of the box centres to their mean, in image widths."""
+    """Mean over the prompts without a position word (where the model chooses the place) of the mean distance of the
+    box centres to their mean, in image widths."""
     per_prompt = []
-    for prompt in sorted({r["prompt"] for r in rows}):
+    for prompt in sorted({r["prompt"] for r in rows if not r["positioned"]}):
         centres = np.array([[(r["box"][0] + r["box"][2]) / 2, (r["box"][1] + r["box"][3]) / 2]
                             for r in rows if r["prompt"] == prompt and r["box"] is not None]) / world.SIZE
         if len(centres) >= 2:
@@ -126,7 +130,8 @@ def main() -> int:
 
     def record(cell, seed, scene, position, image, template_box=None, extra=None):
         reading = judge.read(image)
-        row = {"seed": seed, "prompt": f"{scene} {position}", **scores(reading, truth, cls, scene, position), **(extra or {})}
+        row = {"seed": seed, "prompt": prompt_label(scene, position), "positioned": position is not None,
+               **scores(reading, truth, cls, scene, position), **(extra or {})}
         if template_box is not None or cell.startswith("lora+") or cell.startswith("vanilla+"):
             row["agreement"] = iou(reading.box, template_box)
         cells.setdefault(cell, []).append(row)
@@ -149,7 +154,7 @@ def main() -> int:
                 image = toy.sample(toy.lora_model, seed, personal_text, personal_name, palettes["lora"], template, strength)
                 record(f"lora+pick-and-draw@{strength:g}", seed, scene, position, image, template_box)
                 if strength == args.default_strength and seed < args.grid_seeds:
-                    grids.setdefault(f"{scene} {position}", []).append([reference_image, template_image, lora_image, image])
+                    grids.setdefault(prompt_label(scene, position), []).append([reference_image, template_image, lora_image, image])
             for term, weights in (("appearance", (1.0, 0.0)), ("layout", (0.0, 1.0))):
                 image = toy.sample(toy.lora_model, seed, personal_text, personal_name, palettes["lora"], template,
                                    args.default_strength, *weights)

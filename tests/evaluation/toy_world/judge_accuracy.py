@@ -3,12 +3,14 @@
 
     python tests/evaluation/toy_world/judge_accuracy.py --count 400 --seed 12345
     python tests/evaluation/toy_world/judge_accuracy.py --count 400 --seed 12345 --blur
+    COMFYUI_PATH=/path/to/ComfyUI python tests/evaluation/toy_world/judge_accuracy.py --count 400 --seed 12345 --vae
 
 Picture i is world.sample(10**6 + seed + i): small seeds, never drawn by world.dataset (whose per-picture seeds
 are 62-bit draws from rng seed 0). With --blur each picture is also read after `degrade`, a stand-in for a
 small VAE's round trip and a diffusion model's colour noise (Gaussian blur sigma 1.5 px, chroma halved in
 resolution, a colour shift of gain 1 +- 0.08 and offset +- 10 per channel, Gaussian noise of std 8), and both
-accuracies are printed.
+accuracies are printed. With --vae each picture is also read after the shipped toy autoencoder's round trip
+(encode, decode): the best a picture the toy model draws can be read, whatever the UNet does.
 
 Fields: cls, scene, body, pattern (all pictures); pattern_colour (pictures whose subject is not solid: a
 solid subject shows no pattern colour); box (IoU of the read box with the true box >= 0.5); position (pictures
@@ -92,9 +94,34 @@ def score(reading: judge.Reading, truth: world.Scene) -> dict[str, bool]:
     return result
 
 
-def accuracy(count: int, seed: int, blur: bool = False, failures: list | None = None) -> dict:
+def vae_round_trip():
+    """The shipped toy autoencoder's encode-decode as a picture -> picture function (ComfyUI from COMFYUI_PATH)."""
+    import importlib.util
+
+    import torch
+
+    root = Path(__file__).resolve().parents[3]
+    sys.path.insert(0, str(root / "tests" / "python"))
+    import comfy_env
+
+    comfy_env.require_comfyui()
+    import comfy.utils
+
+    spec = importlib.util.spec_from_file_location("toy_world_models", root / "nodes" / "comfy_host" / "toy_world_models.py")
+    models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(models)
+    vae = models.build_vae(comfy.utils.load_torch_file(str(models.WEIGHTS / "toy_world_vae.safetensors"), safe_load=True))
+
+    def round_trip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        pixels = torch.from_numpy(image).float().div(255).unsqueeze(0)
+        return (vae.decode(vae.encode(pixels))[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+    return round_trip
+
+
+def accuracy(count: int, seed: int, blur: bool = False, failures: list | None = None, transform=None) -> dict:
     """{'accuracy': {field: share right}, 'n': {field: pictures scored}} over pictures seed..seed+count-1, read
-    after `degrade` when blur."""
+    after `degrade` when blur, or after transform(image, rng) when given."""
     right = dict.fromkeys(FIELDS, 0)
     n = dict.fromkeys(FIELDS, 0)
     for i in range(count):
@@ -102,6 +129,8 @@ def accuracy(count: int, seed: int, blur: bool = False, failures: list | None = 
         image, _, truth = world.sample(picture_seed)
         if blur:
             image = degrade(image, np.random.default_rng([picture_seed, 1]))
+        if transform is not None:
+            image = transform(image, np.random.default_rng([picture_seed, 1]))
         result = score(judge.read(image), truth)
         for field, ok in result.items():
             n[field] += 1
@@ -116,13 +145,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=400)
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--blur", action="store_true", help="also read each picture after degrade()")
+    parser.add_argument("--vae", action="store_true", help="also read each picture after the toy autoencoder's round trip")
     parser.add_argument("--failures", type=int, default=0, help="list this many failing picture seeds per run")
     args = parser.parse_args(argv)
     first = BASE_SEED + args.seed
     out = {"count": args.count, "seed": args.seed, "picture_seeds": [first, first + args.count - 1]}
-    for name, blur in [("clean", False)] + ([("degraded", True)] if args.blur else []):
+    runs = [("clean", False, None)] + ([("degraded", True, None)] if args.blur else [])
+    runs += [("vae round trip", False, vae_round_trip())] if args.vae else []
+    for name, blur, transform in runs:
         failures: list = []
-        out[name] = accuracy(args.count, args.seed, blur, failures)
+        out[name] = accuracy(args.count, args.seed, blur, failures, transform)
         if args.failures:
             out[name]["failures"] = [f"{seed}: {', '.join(fields)}" for seed, fields in failures[:args.failures]]
     print(json.dumps(out, indent=2))

@@ -8,18 +8,25 @@ import importlib
 import numpy as np
 import torch
 
+# Two prompts with a position word (fidelity: the subject where the word puts it) and two without (diversity: where
+# the model puts the subject over seeds, which a personalised model that copies its training pose narrows).
 PROMPTS = (
     ("in the snow", "on the left"),
-    ("on the beach", "at the top"),
+    ("on the beach", None),
     ("in the desert", "on the right"),
-    ("at night", "at the bottom"),
+    ("at night", None),
 )
 REFERENCE = "sks_ball"  # the personalised subject's shipped reference picture
 PERSONAL_NAME, CLASS = "sks ball", "ball"
 
 
-def prompt_text(name: str, scene: str, position: str) -> str:
-    return f"a {name} {scene} {position}"
+def prompt_text(name: str, scene: str, position: str | None) -> str:
+    return " ".join(["a", name, scene] + ([position] if position else []))
+
+
+def prompt_label(scene: str, position: str | None) -> str:
+    """The prompt's scene and layout words, as grids and tables name it."""
+    return " ".join([scene] + ([position] if position else []))
 
 
 class Toy:
