@@ -56,6 +56,9 @@ SPECK_RAW = 12  # far pieces of at most this many px in the picture itself are s
 STAR_COLOUR = (250, 250, 210)  # world.background's stars at night
 STAR_NEAR = 20.0  # pixels this near the star colour in the sky are stars (white is 40 from it)
 MIN_AREA = 40  # fewer subject pixels than this: no subject
+SEAM = 4  # vertical runs of far pixels this short near the horizon are its seam (an autoencoder's blurred edge)
+SEAM_BAND = 8  # rows either side of the horizon where the seam is looked for
+BORDER = 3  # px of the picture's frame never read as the subject (world.place keeps it 4 px inside)
 AMBIGUOUS_NEAR = 70.0  # a pattern colour this near a row's background can hide in it
 AMBIGUOUS_FRACTION = 0.12  # hidden pattern pixels, as a share of the seen subject, that make a pattern
 SOLID_SHARE = 0.04  # below this share of pattern-coloured pixels the subject is solid
@@ -343,6 +346,25 @@ def _empty(scene: str | None) -> Reading:
     return Reading(None, scene, None, None, None, None, np.zeros((SIZE, SIZE), dtype=bool))
 
 
+def _vertical_runs(mask: np.ndarray) -> np.ndarray:
+    """For each pixel of the mask, the length of the vertical run of mask pixels it belongs to (0 off the mask)."""
+    down = np.zeros(mask.shape, dtype=np.int32)
+    up = np.zeros(mask.shape, dtype=np.int32)
+    for y in range(SIZE):
+        down[y] = np.where(mask[y], (down[y - 1] if y else 0) + 1, 0)
+    for y in range(SIZE - 1, -1, -1):
+        up[y] = np.where(mask[y], (up[y + 1] if y < SIZE - 1 else 0) + 1, 0)
+    return np.where(mask, down + up - 1, 0)
+
+
+def _horizon_seam(far: np.ndarray) -> np.ndarray:
+    """Far pixels near the horizon in vertical runs of at most SEAM px: the line an autoencoder's blur or shift of the
+    sky-ground edge leaves across the picture; a subject is at least 26 px tall there."""
+    near = np.zeros(far.shape, dtype=bool)
+    near[world.HORIZON - SEAM_BAND:world.HORIZON + SEAM_BAND] = True
+    return near & (_vertical_runs(far) <= SEAM)
+
+
 def read(image: np.ndarray) -> Reading:
     """Read one picture (uint8 [128, 128, 3], or float in 0..1) back by the world's rules."""
     raw = _as_float(image)
@@ -382,6 +404,9 @@ def read(image: np.ndarray) -> Reading:
     # the subject: the largest group of nearby far pieces, leaving out specks (the night's stars) unless they
     # lie in its holes (a pattern's dots cut off from the body by a blurred edge)
     far = distance > FAR
+    far &= ~_horizon_seam(far)
+    # the picture's frame holds an autoencoder's edge artefacts, never the subject
+    far[:BORDER], far[-BORDER:], far[:, :BORDER], far[:, -BORDER:] = False, False, False, False
     pieces, count = label(far)
     if count == 0:
         return _empty(scene)
