@@ -8,6 +8,7 @@
 // and merges them into a running row minimum and argmin. Scratch memory is one tile plus the
 // inverse norms, whatever N and M are.
 #include <ATen/core/Tensor.h>
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -79,5 +80,20 @@ std::tuple<at::Tensor, at::Tensor> tiled_row_min(const at::Tensor& generated,
 // same tiling, same costs and tie rule (lowest index). A build without CUDA kernels runs CUDA tensors
 // through it.
 std::tuple<at::Tensor, at::Tensor> row_min_aten(const at::Tensor& generated, const at::Tensor& palette);
+
+// The row-min op through the dispatcher (the device's kernel): per-row minimum cost [B, N] in the
+// accumulate dtype, and its argmin.
+std::tuple<at::Tensor, at::Tensor> call_row_min(const at::Tensor& generated, const at::Tensor& palette);
+
+// Weighted mean of the row minima: sum_n w_n c_n / sum_n w_n, 0 where the weights sum to 0.
+// In the accumulate dtype of min_cost.
+at::Tensor weighted_mean(const at::Tensor& min_cost, const std::optional<at::Tensor>& weight);
+
+// The backward as differentiable ATen ops on any device (ops/autograd/uremd_autograd.cpp): used for a
+// double backward and by devices without a fused backward kernel. Undefined where not requested.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> uremd_backward_composite(
+    const at::Tensor& grad_loss, const at::Tensor& generated, const at::Tensor& palette,
+    const std::optional<at::Tensor>& weight, const at::Tensor& argmin,
+    std::array<bool, 3> output_mask);
 
 }  // namespace pickdraw::detail
