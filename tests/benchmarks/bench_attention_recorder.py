@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cost of routing attention through the recorder when it records nothing.
 
-On the small cross-attention model of tests/python/test_attention_recorder.py (larger sizes here),
+On the small cross-attention model of tests/python/ops/test_attention_recorder.py (larger sizes here),
 times a forward pass three ways, side by side in one run:
   plain       attention by torch's scaled_dot_product_attention directly
   unwatched   every call through AttentionRecorder.cross_attention, no layer watched

@@ -89,9 +89,9 @@ except ValueError:
 echo "exit code $?"
 
 stamp "pytest: the CUDA cases (UREMD, maps, recorder, engine)"
-section 120 "$PYTHON" -m pytest tests/python/test_uremd.py tests/python/test_maps.py tests/python/test_attention_recorder.py \
-  tests/python/test_token_attention_maps.py \
-  tests/python/test_guidance_engine.py -q -rs -p no:cacheprovider -k cuda
+section 120 "$PYTHON" -m pytest tests/python/ops/test_uremd.py tests/python/ops/test_maps.py tests/python/ops/test_attention_recorder.py \
+  tests/python/ops/test_token_attention_maps.py \
+  tests/python/ops/test_guidance_engine.py -q -rs -p no:cacheprovider -k cuda
 
 if [ "$HAS_CUDA" = 1 ]; then
   if [ -n "${ANCHOR_PROBE:-}" ] && [ -f "$ANCHOR_PROBE" ]; then

@@ -67,7 +67,8 @@ def comfyui(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("comfyui")
     ui.prepare_base_directory(base, {PACK_FOLDER: ROOT})
-    ui.write_module_package(base / "custom_nodes" / STUB_FOLDER, Path(__file__).parent, "browser_stub_nodes")
+    here = Path(__file__).resolve().parent  # the stub module, and the shared harness it imports
+    ui.write_module_package(base / "custom_nodes" / STUB_FOLDER, "browser_stub_nodes", [here, here.parent])
     for name in _widget_values_of("LoadImage"):
         _write_reference_image(base / "input" / name)
     for name in _widget_values_of("CheckpointLoaderSimple"):  # listed in the combo; the tiny loaders never read them

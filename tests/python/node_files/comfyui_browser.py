@@ -78,13 +78,13 @@ def prepare_base_directory(base: Path, custom_nodes: dict[str, Path]) -> None:
     (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(returning_user_settings()))
 
 
-def write_module_package(folder: Path, module_dir: Path, module: str) -> Path:
+def write_module_package(folder: Path, module: str, import_folders: list[Path]) -> Path:
     """A custom node package whose __init__ re-exports a test module's node mappings (ComfyUI loads packages,
-    not loose modules from elsewhere); the module's own folder goes on sys.path for its imports."""
+    not loose modules from elsewhere); `import_folders` (the module's own and those of its imports) go on sys.path."""
     folder.mkdir(parents=True)
     (folder / "__init__.py").write_text(
         "import sys\n"
-        f"sys.path.insert(0, {str(module_dir)!r})\n"
+        f"sys.path[:0] = {[str(f) for f in import_folders]!r}\n"
         f"from {module} import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS\n")
     return folder
 
