@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cost of routing attention through the recorder when it records nothing.
 
-On the small cross-attention model of tests/python/ops/test_attention_recorder.py (larger sizes here),
+On the tests' small cross-attention model (tests/python/tiny_models.py; larger sizes here),
 times a forward pass three ways, side by side in one run:
   plain       attention by torch's scaled_dot_product_attention directly
   unwatched   every call through AttentionRecorder.cross_attention, no layer watched
@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
 import conftest  # noqa: E402
-import test_attention_recorder as tiny  # noqa: E402
+import tiny_models as tiny  # noqa: E402
 
 
 def timed(fn, repeats):
