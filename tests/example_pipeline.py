@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "python"))
+if __name__ == "__main__":  # run as a script: the tests' shared harness and the toy world become importable
+    sys.path[:0] = [str(HERE / "python"), str(HERE / "evaluation")]
 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:
@@ -133,7 +134,6 @@ def toy_world_job(out: Path, seeds: int, strength: float, steps: int) -> int:
 
     import numpy as np
 
-    sys.path.insert(0, str(HERE / "evaluation"))
     from toy_world import judge
     from toy_world.sampling import CLASS, PERSONAL_NAME, PROMPTS, REFERENCE, Toy, iou, prompt_label, prompt_text
     from PIL import Image

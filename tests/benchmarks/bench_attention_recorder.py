@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "python"))
+if __name__ == "__main__":  # run as a script: the tests' shared harness (tests/python) becomes importable
+    sys.path.insert(0, str(ROOT / "tests" / "python"))
 import conftest  # noqa: E402
 import tiny_models as tiny  # noqa: E402
 

@@ -19,7 +19,6 @@ model and size, measured in the same process. SD1.5 at 1024 px also runs under a
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
@@ -27,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+if __name__ == "__main__":  # run as a script: the tests' shared harness (tests/python) becomes importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 GIB = 2**30
 BOTH_EVERY_STEP = {"appearance_end": 1.0, "layout_end": 1.0}

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+if __name__ == "__main__":  # run as a script: the tests' shared harness (tests/python) becomes importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 MIB = 2**20
 

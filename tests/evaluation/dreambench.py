@@ -10,8 +10,13 @@ Smoke run, no downloads: ``--tiny-random-models`` instead of ``--checkpoint``.
 """
 
 import sys
+from pathlib import Path
 
-from dreambench_harness.cli import main  # found beside this script: Python puts a script's folder on sys.path
+# The harness (dreambench_harness/) is found beside this script, as Python puts a script's folder on sys.path; the
+# tests' shared ComfyUI helpers (tests/python) are added, once, here.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+
+from dreambench_harness.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+if __name__ == "__main__":  # run as a script: the tests' shared harness (tests/python) becomes importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 MODES = {  # mode -> (appearance term on, layout term on)
     "both": (True, True),

@@ -5,22 +5,16 @@ weights built from ComfyUI's own classes (the test suite's builders) for smoke r
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from .personalisation import Personalisation
 
-TESTS_FOLDER = Path(__file__).resolve().parents[2]
-
 
 def _test_helpers():
-    """tests/python/comfy_env.py: finds and imports ComfyUI and the pack, and builds the tiny models."""
-    helpers = str(TESTS_FOLDER / "python")
-    if helpers not in sys.path:
-        sys.path.insert(0, helpers)
+    """tests/python/comfy_env.py: finds and imports ComfyUI and the pack, and builds the tiny models (importable: the
+    entry point, dreambench.py or the tests, has tests/python on sys.path)."""
     import comfy_env
 
     return comfy_env

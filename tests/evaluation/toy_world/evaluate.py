@@ -35,8 +35,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(ROOT / "tests" / "python"))
+if __name__ == "__main__":  # run as a script: the toy_world package and the tests' shared harness become importable
+    sys.path[:0] = [str(HERE.parent), str(ROOT / "tests" / "python")]
 
 from toy_world import judge, world  # noqa: E402
 from toy_world.sampling import CLASS, PERSONAL_NAME, PROMPTS, REFERENCE, Toy, iou, prompt_label, prompt_text  # noqa: E402

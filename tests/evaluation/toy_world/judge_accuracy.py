@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: import the toy_world package from its parent folder
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # run as a script: the toy_world package and the tests' shared harness become importable
+    sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2] / "python")]
     from toy_world import judge, world
 else:
     from . import judge, world
@@ -100,9 +100,9 @@ def vae_round_trip():
 
     import torch
 
-    root = Path(__file__).resolve().parents[3]
-    sys.path.insert(0, str(root / "tests" / "python"))
     import comfy_env
+
+    root = Path(__file__).resolve().parents[3]
 
     comfy_env.require_comfyui()
     import comfy.utils

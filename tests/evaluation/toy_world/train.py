@@ -39,7 +39,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
-sys.path.insert(0, str(HERE.parent))
+if __name__ == "__main__":  # run as a script: the toy_world package becomes importable from its parent folder
+    sys.path.insert(0, str(HERE.parent))
 
 from toy_world import world  # noqa: E402
 
