@@ -8,8 +8,10 @@ file gives. Then the same graph with only the checkpoint loader swapped for a ti
 browser_stub_nodes.py) and 3 steps at 128 px is queued from the page and must run to the end, with the
 output and previews shown on their nodes. The LoRA workflow loads a real (tiny) LoRA file.
 
-With PICKDRAW_WRITE_THUMBNAILS=1 the screenshots of the loaded graphs become the workflows' thumbnails:
-workflows/<name>.jpg, the name and format ComfyUI's template browser asks a custom node pack for.
+With PICKDRAW_WRITE_THUMBNAILS=1 the workflows' thumbnails are written: workflows/<name>.jpg, the name and format
+ComfyUI's template browser asks a custom node pack for. A workflow that runs as shipped (the toy world's, whose models
+come with the pack) gets its own pictures from a run with the file's settings: reference | result over the two
+previews; the others, whose checkpoints are the user's, get a screenshot of the loaded graph.
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ def test_workflow_opens_as_the_file_says(page, path):
     graph = json.loads(path.read_text())
     problems = problems_in_loaded_graph(graph, ui.load_graph(page, graph))
     assert not problems, "\n".join(problems)
-    if WRITE_THUMBNAILS:
+    if WRITE_THUMBNAILS and not runs_as_shipped(graph):  # the others' thumbnails come from their run
         ui.screenshot_graph(page, path.with_suffix(".jpg"), THUMBNAIL_SIZE)
 
 
@@ -191,6 +193,42 @@ def test_workflow_runs_from_the_page(comfyui, page, path):
     assert list((server.base / "output").glob("pick_and_draw*.png")), "Save Image wrote no file"
     if any(n["type"] == "LoraLoader" for n in graph["nodes"]):
         assert "lora key not loaded" not in server.log() and "NOT LOADED" not in server.log(), server.log_tail()
+    if WRITE_THUMBNAILS and runs_as_shipped(graph):
+        write_output_thumbnail(page, server, graph, path.with_suffix(".jpg"))
+
+
+def runs_as_shipped(graph: dict) -> bool:
+    """No checkpoint of the user's to stand in for: the graph's models come with the pack (the toy world)."""
+    return not any(n["type"] == "CheckpointLoaderSimple" for n in graph["nodes"])
+
+
+def write_output_thumbnail(page, server, graph: dict, path: Path) -> None:
+    """Runs the graph as the file gives it (its own steps and size) and writes the thumbnail from its pictures:
+    the reference and the saved result on top, the two previews (the subject found in the reference, the template's
+    subject map) below, each a quarter of the square."""
+    import numpy as np
+    from PIL import Image
+
+    ui.load_graph(page, graph)
+    result = ui.queue_and_wait(page, RUN_TIMEOUT_S)
+    assert result["finished"] and "execution_success" in [e["type"] for e in result["events"]], result["events"][-3:]
+    shown = {}
+    for event in result["events"]:
+        if event["type"] == "executed":
+            image = (event["detail"]["output"] or {}).get("images", [{}])[0]
+            shown[str(event["detail"]["node"])] = server.base / image["type"] / image.get("subfolder", "") / image["filename"]
+    by_type = {}
+    for node in graph["nodes"]:
+        if str(node["id"]) in shown:
+            by_type.setdefault(node["type"], []).append(shown[str(node["id"])])
+    references = [n for n in graph["nodes"] if n["type"] == "PickAndDraw_ToyWorldReference"]
+    reference = ROOT / "nodes" / "toy_world" / "references" / f"{references[0]['widgets_values'][0]}.png"
+    pictures = [reference, by_type["SaveImage"][0], *by_type["PreviewImage"][:2]]  # previews in the file's order
+    assert len(pictures) == 4, pictures
+    half = THUMBNAIL_SIZE // 2
+    tiles = [np.asarray(Image.open(p).convert("RGB").resize((half, half), Image.NEAREST)) for p in pictures]
+    grid = np.concatenate([np.concatenate(tiles[:2], axis=1), np.concatenate(tiles[2:], axis=1)], axis=0)
+    Image.fromarray(grid).save(path, "JPEG", quality=90, optimize=True)
 
 
 def _cached_nodes(events: list) -> list:
