@@ -453,8 +453,10 @@ def main() -> int:
         started = time.time()
         vae_state = refine_decoder(toy, vae_state, images, steps["decoder"], device, generator, log)
         save(out / "toy_world_vae.safetensors", vae_state)
-        record["stages"]["decoder"] = {"steps": steps["decoder"], "seconds": round(time.time() - started),
-                                       "loss": log.records["decoder"]}
+        decoder_record = {"steps": steps["decoder"], "seconds": round(time.time() - started), "loss": log.records["decoder"]}
+        if "vae" not in stages and "decoder" in record["stages"]:
+            decoder_record["after"] = record["stages"]["decoder"]  # the decoder this run continued training
+        record["stages"]["decoder"] = decoder_record
     if "base" in stages:
         started = time.time()
         latents = encode_images(vae_state, toy, images, device)
@@ -487,7 +489,13 @@ def main() -> int:
                                     "identity": list(PERSONAL_SUBJECT.identity()), "loss": log.records["lora"]}
     if "references" in stages:
         write_references(Path(args.references))
-    record["command"] = "python tests/evaluation/toy_world/train.py " + " ".join(sys.argv[1:])
+    command = "python tests/evaluation/toy_world/train.py " + " ".join(sys.argv[1:])
+    if "vae" in stages and "base" in stages:  # a run from scratch: the folder's history starts again
+        record.pop("runs", None)
+    if record.get("runs"):  # weights continued from earlier runs in this folder: keep their commands in order
+        record["runs"].append(command)
+    else:
+        record["command"] = command
     record["torch"] = torch.__version__
     record_path.write_text(json.dumps(record, indent=1))
     print(f"wrote {out}", flush=True)
