@@ -214,8 +214,9 @@ def write_output_thumbnail(page, server, graph: dict, path: Path) -> None:
     assert result["finished"] and "execution_success" in [e["type"] for e in result["events"]], result["events"][-3:]
     shown = {}
     for event in result["events"]:
-        if event["type"] == "executed":
-            image = (event["detail"]["output"] or {}).get("images", [{}])[0]
+        images = (event["detail"] or {}).get("output", {}).get("images") if event["type"] == "executed" else None
+        if images:
+            image = images[0]
             shown[str(event["detail"]["node"])] = server.base / image["type"] / image.get("subfolder", "") / image["filename"]
     by_type = {}
     for node in graph["nodes"]:
