@@ -50,10 +50,17 @@ def model_config():
 
 
 def build_unet(device="cpu"):
-    """ComfyUI's BaseModel (UNetModel inside) for the toy configuration, weights not loaded."""
+    """ComfyUI's BaseModel (UNetModel inside) for the toy configuration, weights not loaded.
+
+    The toy UNet predicts v, as SD 2.x's 768-v models do, not SD1.x's noise: at the highest sigma an
+    epsilon-predicting model's error reaches the denoised image multiplied by sigma (about 15 on this schedule),
+    and a UNet this small, trained this briefly, copied the starting noise into most pictures."""
+    import comfy.model_base
+
     config = model_config()
     config.set_inference_dtype(torch.float32, None)
-    return config.get_model({}, device=torch.device(device))
+    return comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.V_PREDICTION,
+                                      device=torch.device(device))
 
 
 def build_clip(state_dict: dict | None = None, embedding_directory: str | None = None):

@@ -4,7 +4,7 @@
     COMFYUI_PATH=/path/to/ComfyUI python tests/evaluation/toy_world/train.py --out nodes/toy_world/weights
 
 The networks are ComfyUI's own classes (nodes/comfy_host/toy_world_models.py builds them for training and for loading),
-trained in the space ComfyUI samples them in: SD1.x's discrete scaled-linear schedule, epsilon prediction,
+trained in the space ComfyUI samples them in: SD1.x's discrete scaled-linear schedule, v-prediction,
 latents scaled by SD1.x's latent format. Deterministic for a seed on one device and thread count; the CPU
 by default, CUDA with --device cuda. Each stage writes its weights, and training.json records the
 configuration, the step counts and the loss log. --stages picks stages (a later stage loads the weights of
@@ -213,10 +213,12 @@ def caption_tokens(clip, captions: list[str]) -> tuple[torch.Tensor, list[int]]:
 
 
 def unet_loss(model, text_encoder, latents, tokens, generator, device, sigmas, min_snr: float = 0.0) -> torch.Tensor:
-    """Epsilon-prediction loss in ComfyUI's sigma space: x = z0 + sigma * eps, through BaseModel.apply_model
-    (which feeds the UNet c_in * x and the discrete timestep of sigma, as at sampling). With min_snr = gamma > 0,
-    each sample is weighted min(SNR, gamma) / SNR (Min-SNR, Hang et al. 2023, arXiv 2303.09556): the easy
-    low-noise steps stop dominating, and the layout and class, decided at high noise, are learnt sooner."""
+    """The v-prediction loss in ComfyUI's sigma space: x = z0 + sigma * eps, through BaseModel.apply_model (which
+    feeds the UNet c_in * x and the discrete timestep of sigma, as at sampling, and turns its v into the denoised
+    latent). The v error is the denoised error times sqrt(SNR + 1), so the loss weighs each sample's squared
+    denoised error by SNR + 1. With min_snr = gamma > 0 that weight is capped at gamma + 1 (Min-SNR, Hang et al.
+    2023, arXiv 2303.09556): the easy low-noise steps stop dominating, and the layout and class, decided at high
+    noise, are learnt sooner. The same loss trains any parameterisation the model is built with."""
     batch = latents.shape[0]
     t = torch.randint(0, len(sigmas), (batch,), generator=generator)
     sigma = sigmas[t].to(device)
@@ -224,12 +226,10 @@ def unet_loss(model, text_encoder, latents, tokens, generator, device, sigmas, m
     x = latents + noise * sigma.view(-1, 1, 1, 1)
     context, _ = text_encoder(tokens.tolist())
     denoised = model.apply_model(x, sigma, c_crossattn=context)
-    predicted_noise = (x - denoised) / sigma.view(-1, 1, 1, 1)
-    per_sample = (predicted_noise - noise).pow(2).mean(dim=(1, 2, 3))
-    if min_snr > 0:
-        snr = sigma.pow(-2)
-        per_sample = per_sample * snr.clamp(max=min_snr) / snr
-    return per_sample.mean()
+    per_sample = (denoised - latents).pow(2).mean(dim=(1, 2, 3))
+    snr = sigma.pow(-2)
+    weight = snr.clamp(max=min_snr) + 1 if min_snr > 0 else snr + 1
+    return (per_sample * weight).mean()
 
 
 def trainable_clip(toy, generator):
