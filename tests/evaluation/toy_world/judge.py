@@ -8,13 +8,19 @@ tolerant, so that the blur and colour noise of a small VAE + diffusion model do 
 (judge_accuracy.py measures both):
 
 * scene: the nearest SCENES (sky, ground) pair to the median colours of the top and bottom rows;
+* background: each row's colour is its region's, the sky's or the ground's: the median of the medians of that
+  region's pure rows (most of their pixels near their median, so no subject fills half of them) that lie near
+  the colour of the picture's top or bottom rows (an autoencoder can shade the frame, so not those rows' own
+  colour); then each row's own median outside the subject;
 * subject: on a 3 x 3 mean of the picture (specks such as the night's stars painted over first), the pixels
-  far (> FAR) from their row's background (the scene's sky above world.HORIZON, its ground below, then each
-  row's own median outside the subject); the largest group of pieces within 2 * GROUP px of each other, its
-  holes filled. Where a pattern colour is the background's own (white on the snow, black at night) the
-  pattern's pixels cannot be told from the background: background-coloured pixels inside the subject's
-  closing count as subject, and as pattern of that colour, when there are enough of them to be a pattern
-  (AMBIGUOUS_FRACTION of the subject) rather than a star's notches;
+  far (> FAR) from their row's background. Its core is the largest group of pieces that are very far (> CORE)
+  within 2 * GROUP px of each other, found again with the bar raised to the background's own variation away from
+  the core where that is higher (an overfitted model repeats the world's checks faintly over the background);
+  the subject is the core, the far pixels beyond that variation that a path of at most GROW such pixels joins to
+  it (blurred edges, a mug's thin handle), and the far pixels in its holes. Where a pattern colour is the
+  background's own (white on the snow, black at night) the pattern's pixels cannot be told from the background:
+  background-coloured pixels inside the subject's closing count as subject, and as pattern of that colour, when
+  there are enough of them to be a pattern (AMBIGUOUS_FRACTION of the subject) rather than a star's notches;
 * class: a star by the five-fold symmetry of its outline, else the nearest of the other classes' prototypes by
   the mask's fill ratio of its box and the fill of the box's left and right corners (a mug: full left corners,
   empty right ones); the prototypes are measured on world.silhouette itself;
@@ -43,7 +49,13 @@ except ImportError:  # imported as a top-level module, with this folder on sys.p
 
 SIZE = world.SIZE
 FAR = 30.0  # RGB distance from the row's background above which a pixel is the subject's (black on the night sky: 33)
-SPECK = 25  # far pieces smaller than this (after the smoothing) join the subject only inside its holes
+CORE = 60.0  # ... above which it can be the subject's core (the nearest body colour to a scene's: 96, yellow on the
+#               desert's sky)
+AWAY, HAZE_PERCENTILE = 12, 99  # the background's variation: this percentile of the distance this many px from the core
+GROW = 4  # far pixels that a path of far pixels this long joins to the subject's core are its edges and thin parts
+REGION_NEAR = 70.0  # row medians this near the edge rows' colour can be the region's background
+PURE_NEAR, PURE_SHARE = 40.0, 0.6  # a row is pure when this share of its pixels is this near its median
+SPECK = 25  # very far pieces smaller than this (after the smoothing) join the subject only inside its holes
 GROUP = 5  # pieces within 2 * GROUP px of each other are one subject (stripes hidden in the background)
 EDGE = 2  # gaps of up to 2 * EDGE px inside the subject are blurred edges, not background
 INSET = 1  # colours are read this many px inside the subject's outline
@@ -170,6 +182,23 @@ def _close(mask: np.ndarray, radius: int) -> np.ndarray:
     for dy, dx in _disk(radius):
         out &= edge[radius + dy:radius + dy + h, radius + dx:radius + dx + w]
     return out[radius:-radius, radius:-radius]
+
+
+def _reach(seed: np.ndarray, allowed: np.ndarray, steps: int) -> np.ndarray:
+    """The seed and the pixels of `allowed` that a 4-connected path through `allowed` reaches from it in at most
+    `steps` steps."""
+    out = seed.copy()
+    for _ in range(steps):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        grown &= allowed | seed
+        if np.array_equal(grown, out):
+            break
+        out = grown
+    return out
 
 
 def _holes(mask: np.ndarray) -> np.ndarray:
@@ -346,6 +375,37 @@ def _empty(scene: str | None) -> Reading:
     return Reading(None, scene, None, None, None, None, np.zeros((SIZE, SIZE), dtype=bool))
 
 
+def _region_colour(medians: np.ndarray, purity: np.ndarray, rows: np.ndarray, edge: np.ndarray) -> np.ndarray:
+    """The background colour of the sky's or the ground's rows: the median of the medians of their pure rows (most
+    pixels near the median: no subject fills half of them) near `edge` (the colour of the picture's top or bottom
+    rows, where no subject is), or `edge` itself when there are none."""
+    usable = rows & (purity >= PURE_SHARE) & (np.linalg.norm(medians - edge, axis=-1) < REGION_NEAR)
+    return np.median(medians[usable], axis=0) if usable.any() else edge
+
+
+def _core(very_far: np.ndarray) -> np.ndarray | None:
+    """The largest group of pieces of `very_far` (SPECK px or more) within 2 * GROUP px of each other, or None."""
+    pieces, count = label(very_far)
+    if count == 0:
+        return None
+    areas = np.bincount(pieces.ravel(), minlength=count + 1)
+    areas[0] = 0
+    core = very_far & (areas[pieces] >= SPECK)
+    groups, group_count = label(_dilate(core, GROUP))
+    if group_count == 0:
+        return None
+    group_areas = np.bincount(groups[core], minlength=group_count + 1)
+    return core & (groups == int(np.argmax(group_areas)))
+
+
+def _background_level(distance: np.ndarray, core: np.ndarray) -> float:
+    """The HAZE_PERCENTILE-th percentile of the distance to the background over the pixels AWAY px or more from
+    the core, inside the frame: how far the background itself strays from its row's colour."""
+    away = ~_dilate(core, AWAY)
+    away[:BORDER], away[-BORDER:], away[:, :BORDER], away[:, -BORDER:] = False, False, False, False
+    return float(np.percentile(distance[away], HAZE_PERCENTILE)) if away.sum() >= MIN_AREA else 0.0
+
+
 def _vertical_runs(mask: np.ndarray) -> np.ndarray:
     """For each pixel of the mask, the length of the vertical run of mask pixels it belongs to (0 off the mask)."""
     down = np.zeros(mask.shape, dtype=np.int32)
@@ -376,12 +436,19 @@ def read(image: np.ndarray) -> Reading:
                       + np.linalg.norm(_SCENE_COLOURS[:, 1] - ground, axis=-1))
     scene = _SCENE_NAMES[int(np.argmin(scene_distance))]
 
-    # each row's background: a colour segment, sky to ground across the horizon (blur mixes them there)
+    # each row's background: its region's colour (the sky's or the ground's; an autoencoder can shade the
+    # picture's frame, so not the edge rows' own), a colour segment, sky to ground, across the horizon (blur
+    # mixes them there)
     rows = np.arange(SIZE)
-    low = np.where((rows < world.HORIZON)[:, None], sky, ground).astype(np.float32)
+    in_sky = rows < world.HORIZON
+    medians = np.median(raw, axis=1)
+    purity = (np.linalg.norm(raw - medians[:, None], axis=-1) < PURE_NEAR).mean(axis=1)
+    region = np.where(in_sky[:, None], _region_colour(medians, purity, in_sky, sky),
+                      _region_colour(medians, purity, ~in_sky, ground)).astype(np.float32)
+    low = region.copy()
     high = low.copy()
     band = (rows >= world.HORIZON - 3) & (rows < world.HORIZON + 3)
-    low[band], high[band] = sky, ground
+    low[band], high[band] = region[0], region[-1]
 
     # specks (the night's stars: 2 x 2 px) painted over with the background before anything else, so that
     # the smoothing does not spread them into the subject's neighbourhood
@@ -394,30 +461,35 @@ def read(image: np.ndarray) -> Reading:
     smooth = _mean3(np.where(speck[..., None], low[:, None, :], raw))
     distance = _distance_to_segment(smooth, low, high)
 
-    # second pass: each row's own median outside the first pass's subject (tracks gradients, a moved horizon)
+    # second pass: each row's own median outside the first pass's subject (tracks gradients, a moved horizon),
+    # or where the first pass found the whole row far (a shaded frame's), its median if the row is pure and near
+    # its region's colour
     outside = ~_dilate(distance > FAR, 3)
     counts = outside.sum(axis=1)
-    for y in np.nonzero(counts >= 24)[0]:
-        low[y] = high[y] = np.median(smooth[y][outside[y]], axis=0)
+    for y in range(SIZE):
+        if counts[y] >= 24:
+            low[y] = high[y] = np.median(smooth[y][outside[y]], axis=0)
+        elif counts[y] == 0 and purity[y] >= PURE_SHARE and np.linalg.norm(medians[y] - region[y]) < REGION_NEAR:
+            low[y] = high[y] = medians[y]
     distance = _distance_to_segment(smooth, low, high)
 
-    # the subject: the largest group of nearby far pieces, leaving out specks (the night's stars) unless they
-    # lie in its holes (a pattern's dots cut off from the body by a blurred edge)
+    # the subject: built from very far pieces, leaving out specks (the night's stars) unless they lie in its
+    # holes (a pattern's dots cut off from the body by a blurred edge)
     far = distance > FAR
     far &= ~_horizon_seam(far)
     # the picture's frame holds an autoencoder's edge artefacts, never the subject
     far[:BORDER], far[-BORDER:], far[:, :BORDER], far[:, -BORDER:] = False, False, False, False
-    pieces, count = label(far)
-    if count == 0:
+    # the core, then again with the bar raised to the background's own variation away from it (a faint pattern
+    # over the background can be very far); its edges: the far pixels beyond that variation that reach it
+    seen = _core(far & (distance > CORE))
+    if seen is None:
         return _empty(scene)
-    areas = np.bincount(pieces.ravel(), minlength=count + 1)
-    areas[0] = 0
-    core = far & (areas[pieces] >= SPECK)
-    groups, group_count = label(_dilate(core, GROUP))
-    if group_count == 0:
-        return _empty(scene)
-    group_areas = np.bincount(groups[core], minlength=group_count + 1)
-    seen = core & (groups == int(np.argmax(group_areas)))
+    level = _background_level(distance, seen)
+    if level > CORE:
+        seen = _core(far & (distance > level))
+        if seen is None:
+            return _empty(scene)
+    seen = _reach(seen, far & (distance > level), GROW)
     seen |= far & _holes(seen)
     if seen.sum() < MIN_AREA:
         return _empty(scene)

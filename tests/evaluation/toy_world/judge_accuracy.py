@@ -2,14 +2,17 @@
 """How often the judge (judge.py) reads the world's own held-out pictures right, per field, as JSON.
 
     python tests/evaluation/toy_world/judge_accuracy.py --count 400 --seed 12345
-    python tests/evaluation/toy_world/judge_accuracy.py --count 400 --seed 12345 --blur
+    python tests/evaluation/toy_world/judge_accuracy.py --count 400 --seed 12345 --blur --artefacts
     COMFYUI_PATH=/path/to/ComfyUI python tests/evaluation/toy_world/judge_accuracy.py --count 400 --seed 12345 --vae
 
 Picture i is world.sample(10**6 + seed + i): small seeds, never drawn by world.dataset (whose per-picture seeds
 are 62-bit draws from rng seed 0). With --blur each picture is also read after `degrade`, a stand-in for a
 small VAE's round trip and a diffusion model's colour noise (Gaussian blur sigma 1.5 px, chroma halved in
 resolution, a colour shift of gain 1 +- 0.08 and offset +- 10 per channel, Gaussian noise of std 8), and both
-accuracies are printed. With --vae each picture is also read after the shipped toy autoencoder's round trip
+accuracies are printed. With --artefacts each degraded picture is also read after `add_artefacts`, a stand-in
+for what the toy UNet leaves on its pictures' backgrounds: a faint copy of the world's check pattern (an
+overfitted LoRA draws it; the toy world's README gives its measured strength) and a frame shaded darker.
+With --vae each picture is also read after the shipped toy autoencoder's round trip
 (encode, decode): the best a picture the toy model draws can be read, whatever the UNet does.
 
 Fields: cls, scene, body, pattern (all pictures); pattern_colour (pictures whose subject is not solid: a
@@ -67,6 +70,24 @@ def degrade(image: np.ndarray, rng: np.random.Generator, sigma: float = 1.5, noi
     return np.clip(x, 0, 255).round().astype(np.uint8)
 
 
+HAZE = 35.0  # grey shift of the background's check cells, +- per cell (RGB distance about 60 at a cell's centre)
+SHADE = 40.0  # grey darkening of the frame's outermost pixels, fading over FRAME px
+FRAME = 8
+
+
+def add_artefacts(image: np.ndarray, subject: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The background overlaid with a soft check pattern of the world's period at a random phase, lighter and
+    darker by HAZE in turn, and the frame shaded; the subject (mask `subject`) left as it is."""
+    half = world.PATTERN_PERIOD // 2
+    dy, dx = rng.integers(0, world.PATTERN_PERIOD, 2)
+    yy, xx = np.mgrid[:world.SIZE, :world.SIZE]
+    cells = (((yy + dy) // half) + ((xx + dx) // half)) % 2
+    shift = _blur(np.where(cells == 1, HAZE, -HAZE)[..., None], 2.0)[..., 0]
+    edge = np.minimum(np.minimum(yy, world.SIZE - 1 - yy), np.minimum(xx, world.SIZE - 1 - xx))
+    shift = np.where(subject, 0.0, shift) - SHADE * np.clip(1 - edge / FRAME, 0, 1)
+    return np.clip(image.astype(np.float64) + shift[..., None], 0, 255).round().astype(np.uint8)
+
+
 def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -119,16 +140,19 @@ def vae_round_trip():
     return round_trip
 
 
-def accuracy(count: int, seed: int, blur: bool = False, failures: list | None = None, transform=None) -> dict:
+def accuracy(count: int, seed: int, blur: bool = False, failures: list | None = None, transform=None,
+             artefacts: bool = False) -> dict:
     """{'accuracy': {field: share right}, 'n': {field: pictures scored}} over pictures seed..seed+count-1, read
-    after `degrade` when blur, or after transform(image, rng) when given."""
+    after `degrade` when blur, then `add_artefacts` when artefacts, or after transform(image, rng) when given."""
     right = dict.fromkeys(FIELDS, 0)
     n = dict.fromkeys(FIELDS, 0)
     for i in range(count):
         picture_seed = BASE_SEED + seed + i
-        image, _, truth = world.sample(picture_seed)
+        image, mask, truth = world.sample(picture_seed)
         if blur:
             image = degrade(image, np.random.default_rng([picture_seed, 1]))
+        if artefacts:
+            image = add_artefacts(image, mask, np.random.default_rng([picture_seed, 2]))
         if transform is not None:
             image = transform(image, np.random.default_rng([picture_seed, 1]))
         result = score(judge.read(image), truth)
@@ -145,16 +169,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=400)
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--blur", action="store_true", help="also read each picture after degrade()")
+    parser.add_argument("--artefacts", action="store_true",
+                        help="also read each degraded picture with the toy UNet's background artefacts added")
     parser.add_argument("--vae", action="store_true", help="also read each picture after the toy autoencoder's round trip")
     parser.add_argument("--failures", type=int, default=0, help="list this many failing picture seeds per run")
     args = parser.parse_args(argv)
     first = BASE_SEED + args.seed
     out = {"count": args.count, "seed": args.seed, "picture_seeds": [first, first + args.count - 1]}
-    runs = [("clean", False, None)] + ([("degraded", True, None)] if args.blur else [])
-    runs += [("vae round trip", False, vae_round_trip())] if args.vae else []
-    for name, blur, transform in runs:
+    runs = [("clean", False, None, False)] + ([("degraded", True, None, False)] if args.blur else [])
+    runs += [("degraded + artefacts", True, None, True)] if args.artefacts else []
+    runs += [("vae round trip", False, vae_round_trip(), False)] if args.vae else []
+    for name, blur, transform, artefacts in runs:
         failures: list = []
-        out[name] = accuracy(args.count, args.seed, blur, failures, transform)
+        out[name] = accuracy(args.count, args.seed, blur, failures, transform, artefacts)
         if args.failures:
             out[name]["failures"] = [f"{seed}: {', '.join(fields)}" for seed, fields in failures[:args.failures]]
     print(json.dumps(out, indent=2))

@@ -2,7 +2,8 @@
 
 Held-out pictures are read right per field; hand-built pictures of every class and pattern are read exactly;
 a picture without a subject has none; recolouring the subject changes only its body colour; blur and colour
-noise (judge_accuracy.degrade, a stand-in for a VAE round trip) keep the class and the scene.
+noise (judge_accuracy.degrade, a stand-in for a VAE round trip) keep the class and the scene; a faint pattern
+over the background (judge_accuracy.add_artefacts) stays out of the subject.
 The toy_world folder is imported as a package of that name from its path, not through sys.path.
 """
 
@@ -110,6 +111,15 @@ def test_degrading_a_picture_keeps_its_class_and_scene(world, judge, accuracy_to
         clean, blurred = judge.read(image), judge.read(degraded)
         assert (blurred.cls, blurred.scene) == (clean.cls, clean.scene) == (truth.subject.cls, truth.scene), truth
         assert accuracy_tool.iou(blurred.box, clean.box) >= 0.7
+
+
+def test_a_faint_pattern_over_the_background_stays_out_of_the_subject(accuracy_tool):
+    """The toy UNet leaves a faint copy of the world's checks on its backgrounds and shades the frame
+    (judge_accuracy.add_artefacts, after degrade): the subject's box stays the subject's, so its size and place
+    are read as without them."""
+    result = accuracy_tool.accuracy(60, seed=777, blur=True, artefacts=True)["accuracy"]
+    low = {field: result[field] for field in ("scene", "body", "box", "position", "size") if result[field] < 0.9}
+    assert not low, f"fields read right in fewer than 90% of 60 held-out pictures with the artefacts: {low}"
 
 
 def test_float_pictures_read_as_their_bytes(world, judge):
