@@ -115,8 +115,9 @@ def score(reading: judge.Reading, truth: world.Scene) -> dict[str, bool]:
     return result
 
 
-def vae_round_trip():
-    """The shipped toy autoencoder's encode-decode as a picture -> picture function (ComfyUI from COMFYUI_PATH)."""
+def vae_round_trip(weights: Path | None = None):
+    """The toy autoencoder's encode-decode as a picture -> picture function (ComfyUI from COMFYUI_PATH): the shipped
+    one, or the one in the folder `weights` (a training run's --out)."""
     import importlib.util
 
     import torch
@@ -131,7 +132,8 @@ def vae_round_trip():
     spec = importlib.util.spec_from_file_location("toy_world_models", root / "nodes" / "comfy_host" / "toy_world_models.py")
     models = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(models)
-    vae = models.build_vae(comfy.utils.load_torch_file(str(models.WEIGHTS / "toy_world_vae.safetensors"), safe_load=True))
+    folder = Path(weights) if weights else models.WEIGHTS
+    vae = models.build_vae(comfy.utils.load_torch_file(str(folder / "toy_world_vae.safetensors"), safe_load=True))
 
     def round_trip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         pixels = torch.from_numpy(image).float().div(255).unsqueeze(0)
@@ -172,13 +174,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--artefacts", action="store_true",
                         help="also read each degraded picture with the toy UNet's background artefacts added")
     parser.add_argument("--vae", action="store_true", help="also read each picture after the toy autoencoder's round trip")
+    parser.add_argument("--weights", help="with --vae: the folder of the autoencoder to use (default: the shipped one)")
     parser.add_argument("--failures", type=int, default=0, help="list this many failing picture seeds per run")
     args = parser.parse_args(argv)
     first = BASE_SEED + args.seed
     out = {"count": args.count, "seed": args.seed, "picture_seeds": [first, first + args.count - 1]}
     runs = [("clean", False, None, False)] + ([("degraded", True, None, False)] if args.blur else [])
     runs += [("degraded + artefacts", True, None, True)] if args.artefacts else []
-    runs += [("vae round trip", False, vae_round_trip(), False)] if args.vae else []
+    runs += [("vae round trip", False, vae_round_trip(args.weights), False)] if args.vae else []
     for name, blur, transform, artefacts in runs:
         failures: list = []
         out[name] = accuracy(args.count, args.seed, blur, failures, transform, artefacts)
