@@ -375,6 +375,14 @@ def _empty(scene: str | None) -> Reading:
     return Reading(None, scene, None, None, None, None, np.zeros((SIZE, SIZE), dtype=bool))
 
 
+def _inside_frame(mask: np.ndarray) -> np.ndarray:
+    """The mask without the picture's frame (BORDER px), which holds an autoencoder's edge artefacts, never the
+    subject."""
+    out = mask.copy()
+    out[:BORDER], out[-BORDER:], out[:, :BORDER], out[:, -BORDER:] = False, False, False, False
+    return out
+
+
 def _region_colour(medians: np.ndarray, purity: np.ndarray, rows: np.ndarray, edge: np.ndarray) -> np.ndarray:
     """The background colour of the sky's or the ground's rows: the median of the medians of their pure rows (most
     pixels near the median: no subject fills half of them) near `edge` (the colour of the picture's top or bottom
@@ -401,8 +409,7 @@ def _core(very_far: np.ndarray) -> np.ndarray | None:
 def _background_level(distance: np.ndarray, core: np.ndarray) -> float:
     """The HAZE_PERCENTILE-th percentile of the distance to the background over the pixels AWAY px or more from
     the core, inside the frame: how far the background itself strays from its row's colour."""
-    away = ~_dilate(core, AWAY)
-    away[:BORDER], away[-BORDER:], away[:, :BORDER], away[:, -BORDER:] = False, False, False, False
+    away = _inside_frame(~_dilate(core, AWAY))
     return float(np.percentile(distance[away], HAZE_PERCENTILE)) if away.sum() >= MIN_AREA else 0.0
 
 
@@ -477,8 +484,7 @@ def read(image: np.ndarray) -> Reading:
     # holes (a pattern's dots cut off from the body by a blurred edge)
     far = distance > FAR
     far &= ~_horizon_seam(far)
-    # the picture's frame holds an autoencoder's edge artefacts, never the subject
-    far[:BORDER], far[-BORDER:], far[:, :BORDER], far[:, -BORDER:] = False, False, False, False
+    far = _inside_frame(far)
     # the core, then again with the bar raised to the background's own variation away from it (a faint pattern
     # over the background can be very far); its edges: the far pixels beyond that variation that reach it
     seen = _core(far & (distance > CORE))
