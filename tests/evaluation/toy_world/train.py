@@ -18,8 +18,10 @@ Stages:
   decoder  the decoder alone, the encoder frozen (the latent space the UNet learns stays as it is);
   base   the UNet and the text encoder together on the world's captioned pictures (10% empty captions for
          classifier-free guidance), with an exponential moving average of the UNet's weights;
-  lora   DreamBooth-style: the base UNet fine-tuned through rank-8 LoRA adapters on four pictures of one
-         subject ("sks ball": one pose, size and scene), saved in ComfyUI's (Kohya) LoRA key format;
+  lora   DreamBooth-style: the base UNet fine-tuned through rank-16 LoRA adapters on four pictures of one
+         subject ("sks ball": one pose, size and scene), saved in ComfyUI's (Kohya) LoRA key format; trained
+         until it overfits as the paper's personalised models do (its pictures keep the training pose and
+         scene), since that is the failure Pick-and-Draw is measured on;
   references  the reference pictures (and their prompts) the nodes and workflows ship with.
 """
 
@@ -318,7 +320,8 @@ def personal_pictures(count: int = 4):
     return np.stack(images)
 
 
-def train_lora(toy, unet_state, clip_state, vae_state, steps: int, device, generator, log: Log, rank: int = 8):
+def train_lora(toy, unet_state, clip_state, vae_state, steps: int, device, generator, log: Log, rank: int,
+               lr: float):
     model = toy.build_unet(device)
     unet = model.diffusion_model
     unet.load_state_dict(unet_state)
@@ -341,9 +344,9 @@ def train_lora(toy, unet_state, clip_state, vae_state, steps: int, device, gener
             lambda mod, inputs, output, down=down, up=up: output + torch.nn.functional.linear(
                 torch.nn.functional.linear(inputs[0], down.to(output.dtype)), up.to(output.dtype))))
     parameters = [p for pair in adapters.values() for p in pair]
-    optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     for step in range(1, steps + 1):
-        cosine_lr(optimizer, step, steps, [1e-3], warmup=20)
+        cosine_lr(optimizer, step, steps, [lr], warmup=20)
         index = torch.randint(len(latents), (8,), generator=generator)
         with torch.no_grad():
             context_tokens = tokens.expand(len(index), -1)
@@ -414,7 +417,9 @@ def main() -> int:
     parser.add_argument("--vae-steps", type=int, default=3000)
     parser.add_argument("--base-steps", type=int, default=4000)
     parser.add_argument("--decoder-steps", type=int, default=500)
-    parser.add_argument("--lora-steps", type=int, default=1000)
+    parser.add_argument("--lora-steps", type=int, default=4000)
+    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--lora-lr", type=float, default=2e-3, help="peak learning rate of the LoRA stage")
     parser.add_argument("--base-lr", type=float, default=5e-4, help="peak learning rate of the base stage")
     parser.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR loss weighting of the base stage (0: off)")
     parser.add_argument("--resume", action="store_true",
@@ -477,14 +482,14 @@ def main() -> int:
         started = time.time()
         lora, personal = train_lora(toy, load_state(out / "toy_world_unet.safetensors"),
                                     load_state(out / "toy_world_clip.safetensors"), vae_state, steps["lora"], device,
-                                    generator, log)
+                                    generator, log, args.lora_rank, args.lora_lr)
         save(out / "toy_world_sks_ball_lora.safetensors", lora, dtype=torch.float16,
              metadata={"subject": PERSONAL_NAME, "scene": PERSONAL_SCENE, "identity": ",".join(PERSONAL_SUBJECT.identity())})
         from PIL import Image
 
         for i, image in enumerate(personal):
             Image.fromarray(image).save(out / f"sks_ball_training_{i}.png")
-        record["stages"]["lora"] = {"steps": steps["lora"], "seconds": round(time.time() - started), "rank": 8,
+        record["stages"]["lora"] = {"steps": steps["lora"], "seconds": round(time.time() - started), "rank": args.lora_rank, "lr": args.lora_lr,
                                     "subject": PERSONAL_NAME, "scene": PERSONAL_SCENE,
                                     "identity": list(PERSONAL_SUBJECT.identity()), "loss": log.records["lora"]}
     if "references" in stages:
