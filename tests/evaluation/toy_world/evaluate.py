@@ -17,9 +17,15 @@ Scores by the judge (judge.py), which knows the world's rules and nothing of the
   diversity       spread of the subject boxes' centres over seeds for one prompt (mean distance to their mean,
                   in image widths), averaged over prompts
   agreement       IoU of the subject box with the template's (cells that use a template)
+  reference scene share of pictures in which the judge reads the reference picture's scene (on the grass, which no
+                  prompt asks for): the reference's background carried into the picture
+  size            the subject box's longer side, in image widths
 Confidence intervals: 95% percentile bootstrap over seeds (each resample draws seeds with replacement and keeps
-every prompt of a drawn seed). Writes results.json, a table (table.md) and the Pareto plot (pareto.png), and
-one grid per prompt (reference | template | LoRA unguided | Pick-and-Draw) for the first seeds.
+every prompt of a drawn seed). Every cell but the vanilla one is also compared with its baseline on the same seeds
+and prompts (the LoRA with the vanilla model, a guided cell with the same model unguided): the difference of each
+score with a paired bootstrap interval (both cells resampled with the same seeds); an interval that excludes 0 is a
+measured change. Writes results.json, the tables (table.md) and the Pareto plot (pareto.png), and one grid per
+prompt (reference | template | LoRA unguided | Pick-and-Draw) for the first seeds.
 """
 
 from __future__ import annotations
@@ -41,15 +47,19 @@ if __name__ == "__main__":  # run as a script: the toy_world package and the tes
 from toy_world import judge, world  # noqa: E402
 from toy_world.sampling import CLASS, PERSONAL_NAME, PROMPTS, REFERENCE, Toy, iou, prompt_label, prompt_text  # noqa: E402
 
-def scores(reading: judge.Reading, reference: world.Subject, cls: str, scene: str, position: str | None) -> dict:
-    """Identity (the reference's attributes), class, and prompt fidelity: the scene and, where the prompt has one,
-    the position word obeyed."""
+def scores(reading: judge.Reading, reference: world.Subject, cls: str, scene: str, position: str | None,
+           reference_scene: str | None = None) -> dict:
+    """Identity (the reference's attributes), class, prompt fidelity (the scene and, where the prompt has one, the
+    position word obeyed), the reference's scene read instead of the prompted one, and the subject's size."""
     obeyed = [reading.scene == scene] + ([position in reading.position_words()] if position else [])
+    box = reading.box
     return {
         "identity": float(np.mean([a == b for a, b in zip(reading.identity(), reference.identity())])),
         "class": float(reading.cls == cls),
         "fidelity": float(np.mean(obeyed)),
-        "box": list(reading.box) if reading.box is not None else None,
+        "reference scene": float(reference_scene is not None and reading.scene == reference_scene),
+        "size": max(box[2] - box[0], box[3] - box[1]) / world.SIZE if box is not None else 0.0,
+        "box": list(box) if box is not None else None,
     }
 
 
@@ -65,27 +75,61 @@ def diversity(rows: list[dict]) -> float:
     return float(np.mean(per_prompt)) if per_prompt else 0.0
 
 
+SCORES = ("identity", "class", "fidelity", "diversity", "agreement", "reference scene", "size")
+
+
+def measure(rows: list[dict]) -> dict:
+    """Every score of one cell's rows: means over pictures, diversity over prompts."""
+    out = {key: float(np.mean([r[key] for r in rows])) for key in ("identity", "class", "fidelity", "reference scene", "size")}
+    out["diversity"] = diversity(rows)
+    if all("agreement" in r for r in rows):
+        out["agreement"] = float(np.mean([r["agreement"] for r in rows]))
+    return out
+
+
+def _resample(by_seed: dict, drawn) -> list[dict]:
+    # a seed drawn twice counts twice; diversity needs distinct rows, so relabel the seed copies
+    return [dict(r, seed=(s, i)) for i, s in enumerate(drawn) for r in by_seed[s]]
+
+
+def _interval(point: dict, boots: list[dict]) -> dict:
+    return {key: {"mean": value, "low": float(np.percentile([b[key] for b in boots], 2.5)),
+                  "high": float(np.percentile([b[key] for b in boots], 97.5))} for key, value in point.items()}
+
+
 def summarise(rows: list[dict], rng: np.random.Generator, resamples: int = 1000) -> dict:
     """Means and 95% bootstrap intervals (seeds resampled with all their prompts) of every score."""
     seeds = sorted({r["seed"] for r in rows})
     by_seed = {s: [r for r in rows if r["seed"] == s] for s in seeds}
+    boots = [measure(_resample(by_seed, rng.choice(seeds, size=len(seeds), replace=True))) for _ in range(resamples)]
+    return _interval(measure(rows), boots)
 
-    def measure(sample: list[dict]) -> dict:
-        out = {key: float(np.mean([r[key] for r in sample])) for key in ("identity", "class", "fidelity")}
-        out["diversity"] = diversity(sample)
-        if all("agreement" in r for r in sample):
-            out["agreement"] = float(np.mean([r["agreement"] for r in sample]))
-        return out
 
-    point = measure(rows)
+def paired_difference(rows: list[dict], baseline: list[dict], rng: np.random.Generator, resamples: int = 1000) -> dict:
+    """The cell's scores minus its baseline's on the same seeds and prompts, with 95% paired bootstrap intervals:
+    each resample draws one set of seeds for both cells, so the seed-to-seed spread they share cancels."""
+    seeds = sorted({r["seed"] for r in rows})
+    if seeds != sorted({r["seed"] for r in baseline}):
+        raise ValueError("a cell and its baseline must be measured on the same seeds")
+    ours = {s: [r for r in rows if r["seed"] == s] for s in seeds}
+    theirs = {s: [r for r in baseline if r["seed"] == s] for s in seeds}
+
+    def difference(a: dict, b: dict) -> dict:
+        return {key: a[key] - b[key] for key in a if key in b}
+
+    point = difference(measure(rows), measure(baseline))
     boots = []
     for _ in range(resamples):
         drawn = rng.choice(seeds, size=len(seeds), replace=True)
-        # a seed drawn twice counts twice; diversity needs distinct rows, so relabel the seed copies
-        sample = [dict(r, seed=(s, i)) for i, s in enumerate(drawn) for r in by_seed[s]]
-        boots.append(measure(sample))
-    return {key: {"mean": value, "low": float(np.percentile([b[key] for b in boots], 2.5)),
-                  "high": float(np.percentile([b[key] for b in boots], 97.5))} for key, value in point.items()}
+        boots.append(difference(measure(_resample(ours, drawn)), measure(_resample(theirs, drawn))))
+    return _interval(point, boots)
+
+
+def baseline_of(cell: str) -> str | None:
+    """The cell a cell is compared with: the LoRA with the vanilla model, a guided cell with its model unguided."""
+    if cell == "vanilla":
+        return None
+    return "vanilla" if cell == "lora" or cell.startswith("vanilla+") else "lora"
 
 
 def main() -> int:
@@ -117,6 +161,7 @@ def main() -> int:
     reference_image = np.asarray(Image.open(toy.toy_nodes.REFERENCES / f"{REFERENCE}.png").convert("RGB"))
     reference_prompt = (toy.toy_nodes.REFERENCES / f"{REFERENCE}.txt").read_text().strip()
     reference = judge.read(reference_image)
+    reference_scene = next((scene for scene in world.SCENES if scene in reference_prompt), None)
     truth = world.Subject("ball", "purple", "stripes", "white")
     if reference.identity() != truth.identity():
         print(f"warning: the judge reads the reference as {reference.identity()}, not {truth.identity()}", flush=True)
@@ -131,7 +176,7 @@ def main() -> int:
     def record(cell, seed, scene, position, image, template_box=None, extra=None):
         reading = judge.read(image)
         row = {"seed": seed, "prompt": prompt_label(scene, position), "positioned": position is not None,
-               **scores(reading, truth, cls, scene, position), **(extra or {})}
+               **scores(reading, truth, cls, scene, position, reference_scene), **(extra or {})}
         if template_box is not None or cell.startswith("lora+") or cell.startswith("vanilla+"):
             row["agreement"] = iou(reading.box, template_box)
         cells.setdefault(cell, []).append(row)
@@ -167,12 +212,17 @@ def main() -> int:
 
     rng = np.random.default_rng(0)
     summary = {cell: summarise(rows, rng) for cell, rows in cells.items()}
+    differences = {cell: {"baseline": baseline_of(cell), **paired_difference(rows, cells[baseline_of(cell)], rng)}
+                   for cell, rows in cells.items() if baseline_of(cell) is not None}
+    for values in differences.values():
+        if values["baseline"] == "vanilla":
+            values.pop("agreement", None)  # the vanilla pictures are the templates themselves: agreement 1 by construction
     results = {"command": "python tests/evaluation/toy_world/evaluate.py " + " ".join(sys.argv[1:]),
                "settings": vars(args), "reference": REFERENCE, "reference_read_as": list(reference.identity()),
-               "seconds": round(time.time() - started), "prompted_accuracy": accuracy, "summary": summary, "rows": cells,
+               "seconds": round(time.time() - started), "prompted_accuracy": accuracy, "summary": summary, "differences": differences, "rows": cells,
                "prompted_pictures": drawn}
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    write_table(summary, accuracy, out / "table.md", results["command"])
+    write_table(summary, differences, accuracy, out / "table.md", results["command"])
     plot(summary, out / "pareto.png")
     for name, rows in grids.items():
         grid = np.concatenate([np.concatenate(row, axis=1) for row in rows], axis=0)
@@ -196,16 +246,24 @@ def prompted_accuracy(toy, seeds: int) -> tuple[dict, list[dict]]:
     return accuracy, drawn
 
 
-def write_table(summary: dict, accuracy: dict, path: Path, command: str) -> None:
-    keys = ("identity", "class", "fidelity", "diversity", "agreement")
+def write_table(summary: dict, differences: dict, accuracy: dict, path: Path, command: str) -> None:
+    def cell_text(values: dict, key: str, signed: bool = False) -> str:
+        if key not in values:
+            return "-"
+        v = values[key]
+        form = "{:+.3f}" if signed else "{:.3f}"
+        return f"{form.format(v['mean'])} [{form.format(v['low'])}, {form.format(v['high'])}]"
+
     lines = [f"Command: `{command}` (results.json beside this file). Means with 95% bootstrap intervals over seeds.", "",
              f"Unguided class-noun prompts, every class in every scene ({accuracy['pictures']} pictures): the judge reads "
              f"the prompted class in {accuracy['class']:.1%} and the prompted scene in {accuracy['scene']:.1%}.", "",
-             "| cell | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    for cell, values in summary.items():
-        cols = [f"{values[k]['mean']:.3f} [{values[k]['low']:.3f}, {values[k]['high']:.3f}]" if k in values else "-"
-                for k in keys]
-        lines.append(f"| {cell} | " + " | ".join(cols) + " |")
+             "| cell | " + " | ".join(SCORES) + " |", "|---|" + "---|" * len(SCORES)]
+    lines += [f"| {cell} | " + " | ".join(cell_text(values, k) for k in SCORES) + " |" for cell, values in summary.items()]
+    lines += ["", "Each cell minus its baseline on the same seeds and prompts, with 95% paired bootstrap intervals "
+              "(an interval that excludes 0 is a measured change):", "",
+              "| cell | baseline | " + " | ".join(SCORES) + " |", "|---|---|" + "---|" * len(SCORES)]
+    lines += [f"| {cell} | {values['baseline']} | " + " | ".join(cell_text(values, k, signed=True) for k in SCORES) + " |"
+              for cell, values in differences.items()]
     path.write_text("\n".join(lines) + "\n")
 
 
