@@ -390,7 +390,8 @@ features(): {layer: [Bc, N, heads*dim]} attention outputs of the conditional row
       .def_property_readonly("family", &ModelLayerTable::family)
       .def("layers", &ModelLayerTable::layers)
       .def("layer", guarded(&ModelLayerTable::layer), py::arg("key"))
-      .def("default_appearance_layers", &ModelLayerTable::default_appearance_layers)
+      .def("default_appearance_layers", guarded(&ModelLayerTable::default_appearance_layers),
+           py::arg("latent_height"), py::arg("latent_width"))
       .def("default_layout_layers", &ModelLayerTable::default_layout_layers)
       .def("token_grid", guarded(&ModelLayerTable::token_grid), py::arg("key"),
            py::arg("latent_height"), py::arg("latent_width"));

@@ -76,15 +76,35 @@ const CrossAttentionLayer& ModelLayerTable::layer(const std::string& key) const 
   invalid("layer '" + key + "' is not a cross-attention layer of this " + family_ + " model");
 }
 
-std::vector<std::string> ModelLayerTable::default_appearance_layers() const {
-  std::vector<std::string> keys;
+std::vector<std::string> ModelLayerTable::default_appearance_layers(int64_t latent_height,
+                                                                  int64_t latent_width) const {
+  if (latent_height < 1 || latent_width < 1) invalid("latent size must be positive");
+  std::vector<const CrossAttentionLayer*> last_of_decoder_blocks;
   for (size_t i = 0; i < layers_.size(); ++i) {
     const auto& l = layers_[i];
     const bool last_of_block = i + 1 == layers_.size() || layers_[i + 1].block != l.block ||
                                layers_[i + 1].block_id != l.block_id;
-    if (l.block == "output" && (l.downscale == 2 || l.downscale == 4) && last_of_block) {
-      keys.push_back(l.key);
-    }
+    if (l.block == "output" && last_of_block) last_of_decoder_blocks.push_back(&l);
+  }
+  if (last_of_decoder_blocks.empty()) invalid("this UNet has no cross-attention in its decoder");
+  std::vector<int64_t> downscales;  // finest first
+  for (const auto* l : last_of_decoder_blocks) downscales.push_back(l->downscale);
+  std::sort(downscales.begin(), downscales.end());
+  downscales.erase(std::unique(downscales.begin(), downscales.end()), downscales.end());
+  std::vector<int64_t> fine_enough;
+  for (const auto d : downscales) {
+    const auto grid = token_grid_at(d, latent_height, latent_width);
+    if (std::min(grid[0], grid[1]) >= kAppearanceMinTokens) fine_enough.push_back(d);
+  }
+  std::vector<int64_t> chosen;
+  if (fine_enough.empty()) {
+    chosen.push_back(downscales.front());
+  } else {
+    chosen.assign(fine_enough.size() > 2 ? fine_enough.end() - 2 : fine_enough.begin(), fine_enough.end());
+  }
+  std::vector<std::string> keys;
+  for (const auto* l : last_of_decoder_blocks) {
+    if (std::find(chosen.begin(), chosen.end(), l->downscale) != chosen.end()) keys.push_back(l->key);
   }
   return keys;
 }
@@ -98,8 +118,13 @@ std::vector<std::string> ModelLayerTable::default_layout_layers() const {
 std::array<int64_t, 2> ModelLayerTable::token_grid(const std::string& key, int64_t latent_height,
                                                    int64_t latent_width) const {
   if (latent_height < 1 || latent_width < 1) invalid("latent size must be positive");
+  return token_grid_at(layer(key).downscale, latent_height, latent_width);
+}
+
+std::array<int64_t, 2> ModelLayerTable::token_grid_at(int64_t downscale, int64_t latent_height,
+                                                      int64_t latent_width) {
   int64_t h = latent_height, w = latent_width;
-  for (int64_t d = layer(key).downscale; d > 1; d /= 2) {
+  for (int64_t d = downscale; d > 1; d /= 2) {
     h = (h + 1) / 2;
     w = (w + 1) / 2;
   }

@@ -55,11 +55,11 @@ def pick_palette(model_patcher, vae, image, positive, steps, scheduler, mask=Non
                          "(resize or crop it)")
     if image.shape[0] != 1:
         raise ValueError(f"give one reference image, got a batch of {image.shape[0]}")
-    appearance_layers = layer_table(model_patcher).default_appearance_layers()
+    latent = vae.encode(image[..., :3])
+    appearance_layers = layer_table(model_patcher).default_appearance_layers(latent.shape[-2], latent.shape[-1])
     family, subject, config, engine = _recording_setup(
         model_patcher, positive, appearance_layers=appearance_layers, mask_layers=appearance_layers,
         tau=tau, min_mask_pixels=min_mask_pixels)
-    latent = vae.encode(image[..., :3])
     schedule = comfy.samplers.calculate_sigmas(model_patcher.get_model_object("model_sampling"), scheduler, steps)
     ascending = schedule[schedule > 0].flip(0)
     extra = {"steps": str(int(steps)), "scheduler": scheduler, "mask": "user" if mask is not None else "saliency",

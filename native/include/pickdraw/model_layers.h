@@ -32,6 +32,9 @@ struct CrossAttentionLayer {
   int64_t channels = 0;       // feature channels of the layer
 };
 
+// The shorter side, in tokens, of the coarsest token grid the appearance term reads by default.
+inline constexpr int64_t kAppearanceMinTokens = 16;
+
 // The families whose UNet cross-attention the method is defined on.
 const std::vector<std::string>& supported_families();
 
@@ -45,9 +48,13 @@ class ModelLayerTable {
   const std::vector<CrossAttentionLayer>& layers() const { return layers_; }
   const CrossAttentionLayer& layer(const std::string& key) const;
 
-  // The last transformer of each decoder block at 1/2 and 1/4 of the latent resolution (SD1.x at
-  // 512 px: the 32x32 and 16x16 token grids, ComfyUI keys output.3.0 .. output.8.0).
-  std::vector<std::string> default_appearance_layers() const;
+  // The appearance layers for a latent of latent_height x latent_width: the last transformer of each
+  // decoder block at the two coarsest resolutions whose token grid has at least
+  // kAppearanceMinTokens tokens on its shorter side (SD1.x at 512 px: the 32x32 and 16x16 grids,
+  // ComfyUI keys output.3.0 .. output.8.0). On a coarser grid a subject covers a few tokens, each of
+  // which also covers the scene around it, so a palette read there carries the reference's scene.
+  // Where no resolution is that fine (a small latent), the finest one.
+  std::vector<std::string> default_appearance_layers(int64_t latent_height, int64_t latent_width) const;
   // Every cross-attention layer.
   std::vector<std::string> default_layout_layers() const;
 
@@ -57,6 +64,8 @@ class ModelLayerTable {
                                     int64_t latent_width) const;
 
  private:
+  static std::array<int64_t, 2> token_grid_at(int64_t downscale, int64_t latent_height, int64_t latent_width);
+
   std::string family_;
   std::vector<CrossAttentionLayer> layers_;
 };

@@ -80,7 +80,7 @@ def _engine_and_stores(ops, host, patcher, steps):
 
     table = host.layer_table(patcher)
     config = ops.GuidanceConfig()
-    config.appearance_layers = table.default_appearance_layers()
+    config.appearance_layers = table.default_appearance_layers(16, 16)  # sample()'s latent
     config.layout_layers = table.default_layout_layers()
     config.token_indices = [2, 3]
     config.appearance_end = 1.0
@@ -379,7 +379,10 @@ def test_sdxl_shaped_models_are_recognised_and_guided(ops, host):
     # transformer_depth [0, 1, 2] per input block; output blocks 0..5 take [2, 2, 1, 1, 0, 0] from the back.
     assert keys == ["input.3.0", "input.5.0", "input.5.1", "middle.0.0", "middle.0.1", "output.2.0", "output.3.0",
                     "output.4.0", "output.4.1", "output.5.0", "output.5.1"]
-    assert table.default_appearance_layers() == ["output.2.0", "output.3.0"]  # 1/2 resolution; 1/4 has none
+    # a 64 x 64 latent: cross-attention at 1/2 (32 x 32 tokens) and full resolution; a 16 x 16 one: only the full
+    # resolution has 16 tokens a side
+    assert table.default_appearance_layers(64, 64) == ["output.2.0", "output.3.0", "output.4.1", "output.5.1"]
+    assert table.default_appearance_layers(16, 16) == ["output.4.1", "output.5.1"]
     import comfy.sample
 
     latent = torch.zeros(1, 4, 16, 16)

@@ -51,7 +51,8 @@ def test_the_checkpoint_node_gives_an_sd1_family_model_clip_and_vae(toy):
 
     host = importlib.import_module(f"{PACK_NAME}.nodes.comfy_host")
     assert host.model_family(model) == "sd1"
-    assert len(host.layer_table(model).default_appearance_layers()) > 0
+    # 128 px pictures, a 16 x 16 latent: the decoder's full-resolution layers are the only 16 x 16 token grids
+    assert host.layer_table(model).default_appearance_layers(16, 16) == ["output.4.0", "output.5.0"]
     # the VAE reproduces a world picture (it was trained on them; an untrained one is off by about a third)
     image, prompt = nodes.ToyWorldReference.execute("red_star_with_black_dots").result
     assert image.shape == (1, 128, 128, 3) and "star" in prompt

@@ -55,7 +55,7 @@ def _stores(ops, host, patcher, clip, steps, seed=3):
 
     table = host.layer_table(patcher)
     config = ops.GuidanceConfig()
-    config.appearance_layers = table.default_appearance_layers()
+    config.appearance_layers = table.default_appearance_layers(16, 16)  # the latent below
     config.layout_layers = table.default_layout_layers()
     config.token_indices = [5]
     engine = ops.GuidanceEngine(config)
@@ -168,10 +168,14 @@ def test_pick_palette_inverts_the_reference_and_keeps_subject_features(ops, env)
                                                steps=4, scheduler="normal", tau=0.5).result
     assert len(palette.metadata.sigmas) == 4 and palette.metadata.sigmas == sorted(palette.metadata.sigmas)
     assert palette.metadata.extra["mask"] == "saliency" and palette.metadata.image_height == 128
+    # a 128 px picture, a 16 x 16 latent: the appearance layers are the decoder's full-resolution ones (16 x 16 tokens)
+    table = host.layer_table(patcher)
+    assert list(palette.metadata.layer_keys) == table.default_appearance_layers(16, 16)
     for i in range(4):
         for layer in palette.metadata.layer_keys:
             entry = palette.get(i, layer)
-            assert 4 <= entry.shape[0] < 64 and entry.shape[1] == 64  # masked subset of the 8x8 grid, 64 channels
+            assert table.token_grid(layer, 16, 16) == [16, 16]
+            assert 4 <= entry.shape[0] < 256 and entry.shape[1] == table.layer(layer).channels  # masked subset
     assert overlay.shape == (1, 128, 128, 3) and token_map.shape == (1, 128, 128, 3)
     # A user mask replaces the saliency mask: the left half of the image.
     mask = torch.zeros(1, 128, 128)
@@ -179,7 +183,7 @@ def test_pick_palette_inverts_the_reference_and_keeps_subject_features(ops, env)
     masked, _, _ = pick.execute(model=patcher, vae=PoolingVae(), image=image, positive=positive, steps=4,
                                 scheduler="normal", tau=0.5, mask=mask).result
     assert masked.metadata.extra["mask"] == "user"
-    assert all(masked.get(0, layer).shape[0] == 32 for layer in masked.metadata.layer_keys)  # half of 8x8
+    assert all(masked.get(0, layer).shape[0] == 128 for layer in masked.metadata.layer_keys)  # half of 16 x 16
     with pytest.raises(ValueError, match="multiples of 8"):
         pick.execute(model=patcher, vae=PoolingVae(), image=image[:, :100], positive=positive, steps=4,
                      scheduler="normal", tau=0.5)

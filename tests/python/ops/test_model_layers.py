@@ -28,7 +28,7 @@ def table(ops, config):
 def test_layers_and_defaults(ops, config, count, appearance):
     t = table(ops, config)
     assert len(t.layers()) == count
-    assert t.default_appearance_layers() == appearance
+    assert t.default_appearance_layers(64, 64) == appearance  # a 64 x 64 latent: the 16 and 32 token grids
     assert t.default_layout_layers() == [layer.key for layer in t.layers()]
     assert all(t.layer(k).block == "output" for k in appearance)
 
