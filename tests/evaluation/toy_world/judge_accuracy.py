@@ -75,14 +75,14 @@ SHADE = 40.0  # grey darkening of the frame's outermost pixels, fading over FRAM
 FRAME = 8
 
 
-def add_artefacts(image: np.ndarray, subject: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def add_artefacts(image: np.ndarray, subject: np.ndarray, rng: np.random.Generator, haze: float = HAZE) -> np.ndarray:
     """The background overlaid with a soft check pattern of the world's period at a random phase, lighter and
-    darker by HAZE in turn, and the frame shaded; the subject (mask `subject`) left as it is."""
+    darker by `haze` in turn, and the frame shaded; the subject (mask `subject`) left as it is."""
     half = world.PATTERN_PERIOD // 2
     dy, dx = rng.integers(0, world.PATTERN_PERIOD, 2)
     yy, xx = np.mgrid[:world.SIZE, :world.SIZE]
     cells = (((yy + dy) // half) + ((xx + dx) // half)) % 2
-    shift = _blur(np.where(cells == 1, HAZE, -HAZE)[..., None], 2.0)[..., 0]
+    shift = _blur(np.where(cells == 1, haze, -haze)[..., None], 2.0)[..., 0]
     edge = np.minimum(np.minimum(yy, world.SIZE - 1 - yy), np.minimum(xx, world.SIZE - 1 - xx))
     shift = np.where(subject, 0.0, shift) - SHADE * np.clip(1 - edge / FRAME, 0, 1)
     return np.clip(image.astype(np.float64) + shift[..., None], 0, 255).round().astype(np.uint8)
@@ -143,7 +143,7 @@ def vae_round_trip(weights: Path | None = None):
 
 
 def accuracy(count: int, seed: int, blur: bool = False, failures: list | None = None, transform=None,
-             artefacts: bool = False) -> dict:
+             artefacts: bool = False, haze: float = HAZE) -> dict:
     """{'accuracy': {field: share right}, 'n': {field: pictures scored}} over pictures seed..seed+count-1, read
     after `degrade` when blur, then `add_artefacts` when artefacts, or after transform(image, rng) when given."""
     right = dict.fromkeys(FIELDS, 0)
@@ -154,7 +154,7 @@ def accuracy(count: int, seed: int, blur: bool = False, failures: list | None = 
         if blur:
             image = degrade(image, np.random.default_rng([picture_seed, 1]))
         if artefacts:
-            image = add_artefacts(image, mask, np.random.default_rng([picture_seed, 2]))
+            image = add_artefacts(image, mask, np.random.default_rng([picture_seed, 2]), haze)
         if transform is not None:
             image = transform(image, np.random.default_rng([picture_seed, 1]))
         result = score(judge.read(image), truth)
@@ -173,18 +173,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--blur", action="store_true", help="also read each picture after degrade()")
     parser.add_argument("--artefacts", action="store_true",
                         help="also read each degraded picture with the toy UNet's background artefacts added")
+    parser.add_argument("--haze", type=float, default=HAZE,
+                        help="with --artefacts: the check pattern's grey shift per cell (the overfitted LoRA's is stronger)")
     parser.add_argument("--vae", action="store_true", help="also read each picture after the toy autoencoder's round trip")
     parser.add_argument("--weights", help="with --vae: the folder of the autoencoder to use (default: the shipped one)")
     parser.add_argument("--failures", type=int, default=0, help="list this many failing picture seeds per run")
     args = parser.parse_args(argv)
     first = BASE_SEED + args.seed
-    out = {"count": args.count, "seed": args.seed, "picture_seeds": [first, first + args.count - 1]}
+    out = {"count": args.count, "seed": args.seed, "picture_seeds": [first, first + args.count - 1], "haze": args.haze}
     runs = [("clean", False, None, False)] + ([("degraded", True, None, False)] if args.blur else [])
     runs += [("degraded + artefacts", True, None, True)] if args.artefacts else []
     runs += [("vae round trip", False, vae_round_trip(args.weights), False)] if args.vae else []
     for name, blur, transform, artefacts in runs:
         failures: list = []
-        out[name] = accuracy(args.count, args.seed, blur, failures, transform, artefacts)
+        out[name] = accuracy(args.count, args.seed, blur, failures, transform, artefacts, args.haze)
         if args.failures:
             out[name]["failures"] = [f"{seed}: {', '.join(fields)}" for seed, fields in failures[:args.failures]]
     print(json.dumps(out, indent=2))
