@@ -8,8 +8,8 @@ from . import comfy_host
 from .types import LayoutTemplate, Palette, ksampler_inputs
 
 
-# The point of the toy world's identity / prompt-fidelity front that raises identity without lowering fidelity
-# (tests/evaluation/toy_world/README.md); larger strengths trade fidelity for it.
+# The strength at which, on the toy world, guidance keeps the personalised LoRA's prompt fidelity and still raises the
+# vanilla model's identity (tests/evaluation/toy_world/README.md); larger strengths trade fidelity for identity.
 DEFAULT_STRENGTH = 0.1
 
 
