@@ -489,9 +489,10 @@ def main() -> int:
 
         for i, image in enumerate(personal):
             Image.fromarray(image).save(out / f"sks_ball_training_{i}.png")
-        record["stages"]["lora"] = {"steps": steps["lora"], "seconds": round(time.time() - started), "rank": args.lora_rank, "lr": args.lora_lr,
-                                    "subject": PERSONAL_NAME, "scene": PERSONAL_SCENE,
-                                    "identity": list(PERSONAL_SUBJECT.identity()), "loss": log.records["lora"]}
+        record["stages"]["lora"] = {"steps": steps["lora"], "seconds": round(time.time() - started),
+                                    "rank": args.lora_rank, "lr": args.lora_lr, "subject": PERSONAL_NAME,
+                                    "scene": PERSONAL_SCENE, "identity": list(PERSONAL_SUBJECT.identity()),
+                                    "loss": log.records["lora"]}
     if "references" in stages:
         write_references(Path(args.references))
     command = "python tests/evaluation/toy_world/train.py " + " ".join(sys.argv[1:])
