@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <map>
 #include <utility>
 #include <vector>
@@ -10,6 +11,16 @@
 #include "pickdraw/gaussian_smoothing.h"
 
 namespace pickdraw {
+
+namespace {
+
+// Each map over its own mean: the template is another model's map of another token (the vanilla model's
+// class noun), whose attention mass differs from the personalised run's; only where the subject lies is compared.
+at::Tensor relative_to_mean(const at::Tensor& maps) {
+  return maps / maps.mean({-2, -1}, /*keepdim=*/true).clamp_min(1e-12);
+}
+
+}  // namespace
 
 at::Tensor layout_loss(at::TensorList maps, at::TensorList templates, int64_t kernel_size,
                        double std_dev, bool templates_smoothed) {
@@ -44,8 +55,10 @@ at::Tensor layout_loss(at::TensorList maps, at::TensorList templates, int64_t ke
     const auto a = at::stack(group.first);  // [L, B, H, W]
     const auto t = at::stack(group.second);
     const auto smoothed_t = templates_smoothed ? t : gaussian_smooth(t, kernel_size, std_dev);
-    const auto diff = gaussian_smooth(a, kernel_size, std_dev) - smoothed_t;
-    const auto frob = at::linalg_vector_norm(diff, 2, {2, 3}, /*keepdim=*/false).sum(0);  // [B]
+    const auto diff = relative_to_mean(gaussian_smooth(a, kernel_size, std_dev)) - relative_to_mean(smoothed_t);
+    // The root mean square over a map's tokens, so that a 64x64 layer weighs as much as an 8x8 one.
+    const auto tokens = static_cast<double>(shape[1] * shape[2]);  // shape is one layer's [B, H, W]
+    const auto frob = at::linalg_vector_norm(diff, 2, {2, 3}, /*keepdim=*/false).sum(0) / std::sqrt(tokens);  // [B]
     total = total.defined() ? total + frob : frob;
   }
   return total / static_cast<double>(maps.size());

@@ -90,7 +90,9 @@ def layout_loss(maps, templates, kernel_size: int = 3, std_dev: float = 0.5, tem
     terms = []
     for a, t in zip(maps, templates, strict=True):
         st = t if templates_smoothed else gaussian_smooth(t, kernel_size, std_dev)
-        terms.append(torch.linalg.vector_norm(gaussian_smooth(a, kernel_size, std_dev) - st, dim=(1, 2)))
+        sa = gaussian_smooth(a, kernel_size, std_dev)
+        relative = lambda m: m / m.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # noqa: E731
+        terms.append(torch.linalg.vector_norm(relative(sa) - relative(st), dim=(1, 2)) / math.sqrt(a.shape[1] * a.shape[2]))
     return sum(terms) / len(terms)
 
 

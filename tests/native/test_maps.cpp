@@ -118,6 +118,15 @@ TEST(LayoutLoss, ZeroForIdenticalMapsAndDifferentiable) {
   EXPECT_TRUE(at::allclose(pre, loss.detach()));
 }
 
+TEST(LayoutLoss, ComparesWhereTheSubjectIsNotHowMuchItIsAttended) {
+  seed_for_test();
+  const auto t = at::rand({1, 8, 8}, at::kDouble);
+  const auto x = at::rand({2, 8, 8}, at::kDouble);
+  const auto loss = pickdraw::layout_loss({x}, {t}, 3, 0.5);
+  EXPECT_TRUE(at::allclose(pickdraw::layout_loss({3.0 * x}, {0.5 * t}, 3, 0.5), loss));
+  EXPECT_TRUE(at::allclose(pickdraw::layout_loss({4.0 * t}, {t}, 3, 0.5), at::zeros({1}, at::kDouble)));
+}
+
 TEST(LayoutLoss, RejectsMismatchedLayers) {
   const auto a = at::rand({1, 8, 8});
   EXPECT_THROW(pickdraw::layout_loss({a}, {}, 3, 0.5), c10::Error);

@@ -1,8 +1,12 @@
 #pragma once
 // The layout term of Pick-and-Draw: the personalised run's subject attention maps are pulled
 // towards those of the vanilla model's template run,
-//   L_lay[b] = mean over layers l of || S(A_l[b]) - S(T_l[b]) ||_F
-// with S the Gaussian smoothing of gaussian_smoothing.h.
+//   L_lay[b] = mean over layers l of || R(S(A_l[b])) - R(S(T_l[b])) ||_F / sqrt(H_l W_l)
+// with S the Gaussian smoothing of gaussian_smoothing.h and R a map divided by its mean. The paper
+// compares the smoothed maps themselves; a template's map is the vanilla model's, of the class noun,
+// and its attention mass differs from the personalised model's, so that loss also pulls on how much
+// the subject is attended and is lowered by a subject grown over the template's place. R keeps
+// only where the subject lies: the loss is unchanged when either map is scaled.
 #include <ATen/core/Tensor.h>
 
 namespace pickdraw {

@@ -111,6 +111,21 @@ def test_layout_loss_gradient_lowers_it(ops, device):
     assert torch.all(stepped < loss.detach())
 
 
+def test_layout_loss_compares_where_the_subject_is_not_how_much_it_is_attended(ops):
+    """The template is another model's map of another token: a map with the template's subject at three times its
+    attention matches it, and growing the subject over the template's place does not; the paper's loss on the maps
+    themselves ranks these two the other way."""
+    template = torch.full((1, 16, 16), 0.01)
+    template[:, 4:8, 4:8] = 0.05
+    stronger = 3 * template
+    grown = torch.full((1, 16, 16), 0.01)
+    grown[:, 2:12, 2:12] = 0.05
+    assert float(ops.layout_loss([stronger], [template])) < 1e-6
+    assert float(ops.layout_loss([grown], [template])) > 0.1
+    unscaled = lambda a: torch.linalg.vector_norm(ops.gaussian_smooth(a) - ops.gaussian_smooth(template))  # noqa: E731
+    assert unscaled(stronger) > unscaled(grown)
+
+
 def test_layout_loss_errors(ops):
     with pytest.raises(RuntimeError, match="pair up"):
         ops.layout_loss([torch.rand(1, 8, 8)], [])
