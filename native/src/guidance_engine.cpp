@@ -19,10 +19,12 @@ namespace {
 
 bool in_window(double start, double end, int64_t step, int64_t steps) {
   TORCH_CHECK(steps >= 1 && step >= 0 && step < steps, "step ", step, " is outside 0..", steps - 1);
-  // Compared as step < end * steps with exact arithmetic on the products, so that 0.5 of 20
-  // steps is steps 0..9 on every platform.
-  return static_cast<double>(step) >= start * static_cast<double>(steps) &&
-         static_cast<double>(step) < end * static_cast<double>(steps);
+  // A fraction such as 0.3 has no exact binary value: 0.3 * 10 is 3.0000000000000004, which would
+  // move the window's first step to 4. Boundaries within 1e-9 of a whole step are that step, so
+  // that 0.3 of 10 steps starts at step 3 and 0.5 of 20 ends before step 10 on every platform.
+  constexpr double kSlack = 1e-9;
+  const auto at = static_cast<double>(step), n = static_cast<double>(steps);
+  return at >= start * n - kSlack && at < end * n - kSlack;
 }
 
 void check_window(const char* name, double start, double end) {

@@ -38,10 +38,22 @@ TEST(GuidanceEngine, WindowsAreExactFractionsOfTheSteps) {
   auto c = config();
   c.appearance_end = 0.8;
   c.layout_end = 0.5;
+  c.appearance_start = 0.0;
   const pickdraw::GuidanceEngine engine(c);
   for (int64_t i = 0; i < 20; ++i) {
     EXPECT_EQ(engine.appearance_active(i, 20), i < 16) << i;
     EXPECT_EQ(engine.layout_active(i, 20), i < 10) << i;
+  }
+  // Fractions without an exact binary value (0.3 * 10 is 3.0000000000000004 in doubles, 0.7 * 10
+  // is 7.000000000000001) still start and end on whole steps.
+  c.appearance_start = 0.3;
+  c.appearance_end = 0.7;
+  const pickdraw::GuidanceEngine decimal(c);
+  for (int64_t i = 0; i < 10; ++i) {
+    EXPECT_EQ(decimal.appearance_active(i, 10), i >= 3 && i < 7) << i;
+  }
+  for (int64_t i = 0; i < 20; ++i) {
+    EXPECT_EQ(decimal.appearance_active(i, 20), i >= 6 && i < 14) << i;
   }
   c.layout_start = 0.7;
   EXPECT_THROW(pickdraw::GuidanceEngine{c}, c10::Error);
@@ -49,7 +61,9 @@ TEST(GuidanceEngine, WindowsAreExactFractionsOfTheSteps) {
 
 TEST(GuidanceEngine, CapturesThenLowersTheEnergyAlongItsGradient) {
   pickdraw::testing::seed_for_test();
-  const pickdraw::GuidanceEngine engine(config());
+  auto both_from_the_first_step = config();
+  both_from_the_first_step.appearance_start = 0.0;  // step 0 below has both terms on
+  const pickdraw::GuidanceEngine engine(both_from_the_first_step);
   pickdraw::AttentionRecorder recorder(engine.recorder_layers(), {1});
   EXPECT_TRUE(recorder.watches("middle.0.0") && recorder.watches("output.1.0"));
   pickdraw::Palette palette(metadata({"output.1.0"}));

@@ -18,7 +18,7 @@ def make_engine(ops, appearance=True, layout=True, **overrides):
     config.appearance_layers = ["output.1.0"] if appearance else []
     config.layout_layers = list(ALL_LAYERS) if layout else []
     config.token_indices = TOKENS
-    config.appearance_end = 1.0
+    config.appearance_start, config.appearance_end = 0.0, 1.0  # both terms on at every step the tests run
     config.layout_end = 1.0
     config.min_mask_pixels = 8
     for key, value in overrides.items():
@@ -69,6 +69,17 @@ def test_schedule_boundaries_are_exact(ops):
         engine.layout_active(20, 20)
     with pytest.raises(ValueError, match="window"):
         make_engine(ops, layout_start=0.6, layout_end=0.5)
+
+
+@pytest.mark.parametrize("steps", [7, 10, 12, 20, 25, 30, 50])
+def test_windows_of_decimal_fractions_start_and_end_on_whole_steps(ops, steps):
+    """0.3 * 10 is 3.0000000000000004 in doubles: the window still starts at step 3; the windows are exactly the
+    steps i with start * steps <= i < end * steps counted in whole hundredths."""
+    engine = make_engine(ops, appearance_start=0.3, appearance_end=0.7, layout_start=0.1, layout_end=0.9)
+    assert [engine.appearance_active(i, steps) for i in range(steps)] == [30 * steps <= 100 * i < 70 * steps
+                                                                          for i in range(steps)]
+    assert [engine.layout_active(i, steps) for i in range(steps)] == [10 * steps <= 100 * i < 90 * steps
+                                                                      for i in range(steps)]
 
 
 def test_recorder_layers_cover_both_terms(ops):
