@@ -8,9 +8,9 @@ from . import comfy_host
 from .types import LayoutTemplate, Palette, ksampler_inputs
 
 
-# The strength at which, on the toy world, guidance keeps the personalised LoRA's prompt fidelity and still raises the
-# vanilla model's identity (tests/evaluation/toy_world/README.md); larger strengths trade fidelity for identity.
-DEFAULT_STRENGTH = 0.1
+# The strength chosen on the toy world's tuning seeds, where guidance raised the vanilla model's identity without
+# costing its prompt fidelity and raised the personalised LoRA's fidelity (tests/evaluation/toy_world/README.md).
+DEFAULT_STRENGTH = 0.3
 
 
 def _guidance_inputs() -> list:
@@ -25,9 +25,11 @@ def _guidance_inputs() -> list:
                        tooltip="Share of the layout term in the guidance direction (the weights are normalised: "
                                "1 and 1 is half each; 0 turns the term off)."),
         io.Float.Input("appearance_end", default=0.8, min=0.0, max=1.0, step=0.01,
-                       tooltip="Fraction of the steps during which the appearance term is on."),
+                       tooltip="Fraction of the steps at which the appearance term stops. It starts at "
+                               f"{comfy_host.GuidanceSettings.appearance_start:g} of the steps, once the subject's place "
+                               "is drawn."),
         io.Float.Input("layout_end", default=0.5, min=0.0, max=1.0, step=0.01,
-                       tooltip="Fraction of the steps during which the layout term is on."),
+                       tooltip="Fraction of the steps during which the layout term is on, from the first step."),
         io.Float.Input("strength", default=DEFAULT_STRENGTH, min=0.0, max=10.0, step=0.05,
                        tooltip="How far each guided step moves the prediction, relative to the sampler's own update at "
                                "that step: 1.0 moves it as far as the whole noise estimate of the step, 0 is a plain "

@@ -106,7 +106,7 @@ def main() -> int:
     template, template_latent, subject_map = host.draw_layout_template(model,
                                                                        host.SamplingSettings(args.seed, args.steps, args.cfg, "euler", "normal"),
                                                                        vanilla_positive, vanilla_negative, latent)
-    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 0.8, "layout_end": 0.5}
+    weights = {"appearance_weight": 1.0, "layout_weight": 1.0}  # the step windows: the nodes' defaults
     runs = {}
     for name, v in (("unguided", 0.0), ("guided", strength)):
         runs[name], _ = host.guided_sample(personal_model,

@@ -31,7 +31,7 @@ class GuidanceSettings:
     strength: float
     appearance_weight: float = 1.0
     layout_weight: float = 1.0
-    appearance_start: float = 0.0
+    appearance_start: float = 0.3
     appearance_end: float = 0.8
     layout_start: float = 0.0
     layout_end: float = 0.5

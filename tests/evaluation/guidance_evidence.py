@@ -71,7 +71,7 @@ def run_seed(host, comfy_env, patcher, family, side, context_dim, seed, args) ->
         # A term that is off keeps a billionth of its weight: the engine then still computes and logs its
         # energy (a weight of 0 skips it) while its share of the gradient is negligible.
         appearance, layout = MODES[mode]
-        weights = {"appearance_end": 1.0, "layout_end": 1.0,
+        weights = {"appearance_start": 0.0, "appearance_end": 1.0, "layout_end": 1.0,  # both terms on every step
                    "appearance_weight": balance[0] * (1.0 if appearance else 1e-9),
                    "layout_weight": balance[1] * (1.0 if layout else 1e-9)}
         _, log = host.guided_sample(patcher,

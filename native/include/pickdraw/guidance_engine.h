@@ -31,8 +31,10 @@ struct GuidanceConfig {
   double appearance_weight = 1.0;
   double layout_weight = 1.0;
   // Step windows as fractions of the sampling steps: a term is on at step i of n when
-  // start * n <= i < end * n.
-  double appearance_start = 0.0, appearance_end = 0.8;
+  // start * n <= i < end * n. The appearance term waits for the first steps to pass: there the
+  // subject maps do not yet separate the subject from the background, so the saliency mask lets the
+  // reference's scene into the palette and the picture.
+  double appearance_start = 0.3, appearance_end = 0.8;
   double layout_start = 0.0, layout_end = 0.5;
   double tau = 0.5;                // saliency threshold
   int64_t min_mask_pixels = 4;     // top-k fallback of the saliency mask

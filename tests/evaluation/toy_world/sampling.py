@@ -72,9 +72,9 @@ class Toy:
             (out,) = comfy_nodes.common_ksampler(model, seed, self.steps, self.cfg, "euler", "normal", positive,
                                                  self.negative, self.latent)
         else:
+            # the step windows are the nodes' defaults (GuidanceSettings')
             weights = {"appearance_weight": appearance_weight if palette is not None else 0.0,
-                       "layout_weight": layout_weight if template is not None else 0.0,
-                       "appearance_end": 0.8, "layout_end": 0.5}
+                       "layout_weight": layout_weight if template is not None else 0.0}
             out, _ = self.host.guided_sample(model,
                                              self.host.SamplingSettings(seed, self.steps, self.cfg, "euler", "normal", 1.0),
                                              positive, self.negative, self.latent, palette, template,

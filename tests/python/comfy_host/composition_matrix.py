@@ -114,7 +114,7 @@ def matrix() -> dict:
     pool = {"MODEL": model, "CONDITIONING": positive, "CONDITIONING#2": other, "CLIP": clip, "VAE": PoolingVae(),
             "IMAGE": torch.rand(1, LATENT * 8, LATENT * 8, 3, generator=torch.Generator().manual_seed(1)),
             "MASK": torch.ones(1, LATENT * 8, LATENT * 8), "LATENT": latent}
-    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 1.0}
+    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_start": 0.0, "appearance_end": 1.0, "layout_end": 1.0}
     reference = torch.rand(1, LATENT * 8, LATENT * 8, 3, generator=torch.Generator().manual_seed(2))
 
     def stages(patched, cond):

@@ -39,7 +39,7 @@ def _model(family: str):
 
 
 def _appearance_per_step(host, model, positive, negative, latent, seed, steps, palette, denoise):
-    weights = {"appearance_weight": 1.0, "layout_weight": 0.0, "appearance_end": 1.0, "layout_end": 0.0}
+    weights = {"appearance_weight": 1.0, "layout_weight": 0.0, "appearance_start": 0.0, "appearance_end": 1.0, "layout_end": 0.0}
     _, log = host.guided_sample(model, host.SamplingSettings(seed, steps, 1.0, "euler", "normal", denoise), positive,
                                 negative, latent, palette, None, host.GuidanceSettings(0.0, **weights))
     return np.array([entry["appearance"] for entry in log])
@@ -130,7 +130,7 @@ def _one_step_change(host, model, family, context, strength):
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     template, _, _ = host.draw_layout_template(model, host.SamplingSettings(3, 4, 5.0, "euler", "normal"), positive,
                                                negative, latent)
-    weights = {"appearance_weight": 0.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 1.0}
+    weights = {"appearance_weight": 0.0, "layout_weight": 1.0, "appearance_start": 0.0, "appearance_end": 1.0, "layout_end": 1.0}
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 4)
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
 
@@ -225,7 +225,7 @@ def test_a_small_guided_step_lowers_each_energy_as_its_gradient_predicts(host, t
     positive, negative = subject_conditioning("sd1", 0, context)
     palette, template = guidance_stores(model, positive, negative, 3, 4, 5.0, 8)
     on = {"appearance_weight": 1.0 if term == "appearance" else 0.0, "layout_weight": 1.0 if term == "layout" else 0.0,
-          "appearance_end": 1.0, "layout_end": 1.0}
+          "appearance_start": 0.0, "appearance_end": 1.0, "layout_end": 1.0}
     schedule = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 4)
     for index in range(3):
         sigmas = schedule[index:index + 2]

@@ -83,7 +83,7 @@ def _engine_and_stores(ops, host, patcher, steps):
     config.appearance_layers = table.default_appearance_layers(16, 16)  # sample()'s latent
     config.layout_layers = table.default_layout_layers()
     config.token_indices = [2, 3]
-    config.appearance_end = 1.0
+    config.appearance_start, config.appearance_end = 0.0, 1.0  # the appearance term on every step
     config.layout_end = 1.0
     engine = ops.GuidanceEngine(config)
     sigmas = comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "normal", steps)[:-1]
@@ -344,7 +344,7 @@ def test_guided_steps_run_pytorch_attention_where_the_chosen_one_has_no_backward
     monkeypatch.setattr(attention, "optimized_attention", attention.attention_pytorch)
     palette, template = guidance_stores(model, positive, negative, 3, 3, 5.0, 8)
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
-    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 1.0}
+    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_start": 0.0, "appearance_end": 1.0, "layout_end": 1.0}
 
     def run(patcher):
         out, log = host.guided_sample(patcher, host.SamplingSettings(3, 3, 5.0, "euler", "normal", 1.0), positive,
@@ -404,6 +404,19 @@ def test_sdxl_shaped_models_are_recognised_and_guided(ops, host):
     assert torch.isfinite(out["samples"]).all() and len(log) == 3 and all(e["layout"] < 1e-5 for e in log)
 
 
+def test_guidance_settings_default_to_the_engines_windows_and_weights(ops, host):
+    """A guided run from Python and one from the nodes share their defaults with the engine's GuidanceConfig; by
+    default the appearance term waits for the first steps, where the subject maps do not yet point at the subject."""
+    config = ops.GuidanceConfig()
+    defaults = host.GuidanceSettings(1.0).weights()
+    assert set(defaults) == {"appearance_weight", "layout_weight", "appearance_start", "appearance_end",
+                             "layout_start", "layout_end"}
+    for name, value in defaults.items():
+        assert getattr(config, name) == pytest.approx(value), name
+    assert 0 < defaults["appearance_start"] < defaults["appearance_end"]
+    assert defaults["layout_start"] == 0
+
+
 def test_a_step_whose_gradient_is_not_finite_is_not_applied_and_is_reported(ops, host, caplog, monkeypatch):
     """A NaN in the first step's gradient (as a float16 overflow gives): that step moves nothing, the sample stays
     finite, the log counts it, and guided_sample's report says which step was not guided."""
@@ -461,7 +474,7 @@ def test_strength_zero_samples_exactly_as_ksampler_on_pytorch_attention_in_one_p
     positive, negative = subject_conditioning("sd1", 0, 64)
     palette, template = guidance_stores(model, positive, negative, 3, 4, 5.0, 8)
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
-    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 1.0}
+    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_start": 0.0, "appearance_end": 1.0, "layout_end": 1.0}
     (plain,) = comfy_nodes.common_ksampler(model, 3, 4, 5.0, "euler", "normal", positive, negative, latent)
     for batched in (True, False):
         out, log = host.guided_sample(model, host.SamplingSettings(3, 4, 5.0, "euler", "normal", 1.0), positive,

@@ -26,7 +26,7 @@ def setting(host):
 
 def _guided(host, setting, model=None, positive=None, strength=0.3, batched=None):
     base, base_positive, negative, palette, template = setting
-    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 1.0}
+    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_start": 0.0, "appearance_end": 1.0, "layout_end": 1.0}
     with torch.inference_mode():  # as ComfyUI executes a prompt
         out, log = host.guided_sample(model or base, host.SamplingSettings(3, 3, 5.0, "euler", "normal", 1.0),
                                       positive or base_positive, negative, {"samples": torch.zeros(1, 4, 8, 8)},
@@ -98,7 +98,7 @@ def test_a_timestep_range_on_the_subject_prompt_turns_the_terms_off_where_it_doe
         template, _, _ = host.draw_layout_template(model, host.SamplingSettings(3, 6, 5.0, "euler", "normal"),
                                                    first_half, negative, latent)
         palette, _, _ = host.pick_palette(model, PoolingVae(), torch.rand(1, 64, 64, 3), first_half, 6, "normal")
-        weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 1.0}
+        weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_start": 0.0, "appearance_end": 1.0, "layout_end": 1.0}
         out, log = host.guided_sample(model, host.SamplingSettings(3, 6, 5.0, "euler", "normal", 1.0), first_half,
                                       negative, latent, palette, template, host.GuidanceSettings(0.3, **weights))
     assert 0 < len(template.metadata.sigmas) < 6 and 0 < len(palette.metadata.sigmas) < 6

@@ -145,7 +145,7 @@ def test_a_template_reproduces_its_own_layout_and_refuses_other_seeds(ops, env):
     palette, template = _stores(ops, host, patcher, clip, steps=4, seed=3)
     positive, negative = _prompts(host, clip)
     latent = {"samples": torch.zeros(1, 4, 16, 16)}
-    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 1.0}
+    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_start": 0.0, "appearance_end": 1.0, "layout_end": 1.0}
     _, log = host.guided_sample(patcher, host.SamplingSettings(3, 4, 7.5, "euler", "normal", 1.0), positive,
                                 negative, latent, None, template, host.GuidanceSettings(0.0, **weights))
     assert all(entry["layout"] < 1e-5 for entry in log), log  # same seed, no guidance: the template's own layout
@@ -199,7 +199,7 @@ def test_pick_draw_and_guided_sampling_end_to_end(ops, env):
     latent = {"samples": torch.zeros(1, 4, 16, 16)}
     template, _, _ = host.draw_layout_template(patcher, host.SamplingSettings(7, 4, 7.5, "euler", "normal"),
                                                positive, negative, latent)
-    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_end": 1.0, "layout_end": 0.5}
+    weights = {"appearance_weight": 1.0, "layout_weight": 1.0, "appearance_start": 0.0, "appearance_end": 1.0, "layout_end": 0.5}
     out, log = host.guided_sample(patcher, host.SamplingSettings(7, 4, 7.5, "euler", "normal", 1.0), positive,
                                   negative, latent, palette, template, host.GuidanceSettings(0.5, **weights))
     assert torch.isfinite(out["samples"]).all()
