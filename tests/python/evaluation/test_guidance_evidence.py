@@ -41,10 +41,10 @@ def test_sd1_guidance_lowers_both_energies_without_hurting_the_other_term(tmp_pa
 
 def test_sdxl_guidance_lowers_each_energy_it_guides(tmp_path):
     """On the SDXL-shaped tiny model each term lowers its own energy, monotonically, and the template
-    reproduces itself. The cross-term claims are measured but not asserted: there, layout-only guidance
-    raised the UREMD by 18% and 25% (seeds 0 and 1) and lowered it for seed 2, so with both terms at
-    strength 1 the layout term can win over the appearance term (seed 0). A random model's two energies
-    need not agree; the report prints these claims as FAIL, which is what it measured."""
+    reproduces itself. The claims about the UREMD with both terms on, and about layout-only guidance's effect
+    on it, are measured but not asserted: a random model's two energies need not agree, and the layout term's
+    share can win a step (the kept sdxl-tiny report in tests/evaluation/README.md); the report prints what it
+    measured."""
     require_comfyui()
     _, claims, _ = _run_report(tmp_path, "sdxl-tiny")
     for text in ("template run reproduces its own layout (loss < 1e-5)",
