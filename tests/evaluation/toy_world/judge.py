@@ -21,9 +21,9 @@ tolerant, so that the blur and colour noise of a small VAE + diffusion model do 
   background's own (white on the snow, black at night) the pattern's pixels cannot be told from the background:
   background-coloured pixels inside the subject's closing count as subject, and as pattern of that colour, when
   there are enough of them to be a pattern (AMBIGUOUS_FRACTION of the subject) rather than a star's notches;
-* class: a star by the five-fold symmetry of its outline, else the nearest of the other classes' prototypes by
-  the mask's fill ratio of its box and the fill of the box's left and right corners (a mug: full left corners,
-  empty right ones); the prototypes are measured on world.silhouette itself;
+* class: the class whose silhouette (world.silhouette itself, holes filled) overlaps the mask best, by
+  intersection over union at the best position and size; blur and a stray piece beside the subject change
+  that overlap a little, where they would move the mask's box, and any feature measured in it, a lot;
 * body colour: the BODY_COLOURS colour whose colour segment to the pattern colour passes nearest the subject's
   inner pixels (blurred mixes of body and pattern lie on it);
 * pattern: pixels on the pattern's half of that segment are pattern; solid below SOLID_SHARE of them, else by
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import numpy as np
 
@@ -61,9 +62,8 @@ EDGE = 2  # gaps of up to 2 * EDGE px inside the subject are blurred edges, not 
 INSET = 1  # colours are read this many px inside the subject's outline
 SEGMENT_NEAR = 60.0  # pixels this near the body-to-pattern colour segment are read as body or pattern
 OUTLINE = 3  # px from the outline where mixes of body and background are looked for
-ANGLES = 48  # angular bins of the outline's radius
-STAR_POINTS = 0.13  # five-fold symmetry above this is a star's (the world's star: 0.4, a mug: 0.08)
-STAR_CORNERS = 0.6  # ... if its box's corners are no fuller than this (a star's: 0.02, a mug's left ones: 1)
+FIT_CANVAS = 256  # the silhouette fit correlates on a canvas this wide (twice the picture: no wrap-around)
+FIT_AREA = 1.5  # silhouettes whose area is within this factor of the mask's are fitted
 SPECK_RAW = 12  # far pieces of at most this many px in the picture itself are specks
 STAR_COLOUR = (250, 250, 210)  # world.background's stars at night
 STAR_NEAR = 20.0  # pixels this near the star colour in the sky are stars (white is 40 from it)
@@ -250,57 +250,73 @@ def _distance_to_segment(pixels: np.ndarray, a: np.ndarray, b: np.ndarray) -> np
 
 # --- shape of the classes ----------------------------------------------------------------------------------
 
-def shape_features(mask: np.ndarray) -> np.ndarray:
-    """(fill ratio of the box, fill of its two left corners, of its two right corners, five-fold symmetry), the
-    corners being squares of a fifth of the box's width and height; the five-fold symmetry is the 5th harmonic
-    of the outline's radius from the centroid against the angle, over the mean radius (a star's points)."""
-    ys, xs = np.nonzero(mask)
-    crop = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-    h, w = crop.shape
-    ch, cw = max(1, round(h / 5)), max(1, round(w / 5))
-    left = (crop[:ch, :cw].mean() + crop[-ch:, :cw].mean()) / 2
-    right = (crop[:ch, -cw:].mean() + crop[-ch:, -cw:].mean()) / 2
-    dy, dx = ys - ys.mean(), xs - xs.mean()
-    bins = ((np.arctan2(dy, dx) + np.pi) / (2 * np.pi) * ANGLES).astype(int) % ANGLES
-    radius = np.zeros(ANGLES)
-    np.maximum.at(radius, bins, np.hypot(dy, dx) + 0.5)
-    spectrum = np.abs(np.fft.rfft(radius)) / ANGLES
-    five = 2 * spectrum[5] / max(spectrum[0], 1e-6)
-    return np.array([crop.mean(), left, right, five])
-
-
 @functools.lru_cache(maxsize=1)
 def class_prototypes() -> tuple[np.ndarray, np.ndarray]:
-    """Per class: the mean shape features of world.silhouette over the world's sides, and the share of the
-    square box its mask's box spans (the larger of width and height)."""
-    features, extents = [], []
+    """Per class, over the world's sides: the share of its square box that world.silhouette fills, and the share
+    of that box its mask's box spans (the larger of width and height)."""
+    fills, extents = [], []
     for cls in world.CLASSES:
         sides = range(26, 71, 4)
         masks = [world.silhouette(cls, side) for side in sides]
-        features.append(np.mean([shape_features(m) for m in masks], axis=0))
+        fills.append(np.mean([m.mean() for m in masks]))
         spans = []
         for m, side in zip(masks, sides):
             ys, xs = np.nonzero(m)
             spans.append(max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) / side)
         extents.append(np.mean(spans))
-    return np.array(features), np.array(extents)
+    return np.array(fills), np.array(extents)
 
 
-def _read_class(mask: np.ndarray) -> tuple[str, float]:
-    """A star by its points and empty corners (blur rounds a small star towards a ball's fill ratio but keeps its
-    points), else the nearest of the other classes' prototypes by fill ratio and corners."""
-    prototypes, extents = class_prototypes()
-    features = shape_features(mask)
-    star = world.CLASSES.index("star")
-    if features[3] > STAR_POINTS and max(features[1], features[2]) < STAR_CORNERS:
-        index = star
-    else:
-        distance = np.linalg.norm(prototypes[:, :3] - features[:3], axis=-1)
-        distance[star] = np.inf
-        index = int(np.argmin(distance))
+@functools.lru_cache(maxsize=256)  # a few hundred sides are fitted in a run; each spectrum is 256 x 129
+def _silhouette_spectrum(cls: str, side: int) -> tuple[np.ndarray, int]:
+    """The conjugate spectrum of the class's silhouette of this side (its holes filled, as the subject's mask's
+    are), zero-padded to FIT_CANVAS, and its area: correlating it with a mask gives their overlap at every shift."""
+    shape = world.silhouette(cls, side)
+    shape = shape | _holes_of(shape)
+    canvas = np.zeros((FIT_CANVAS, FIT_CANVAS), dtype=np.float32)
+    canvas[:side, :side] = shape
+    return np.conj(np.fft.rfft2(canvas)), int(shape.sum())
+
+
+def _holes_of(shape: np.ndarray) -> np.ndarray:
+    """_holes for a small mask (padded by a pixel, so that a silhouette touching its box's edge keeps its holes)."""
+    padded = np.pad(shape, 1)
+    return _holes(padded)[1:-1, 1:-1]
+
+
+def silhouette_fits(mask: np.ndarray) -> dict[str, tuple[float, int]]:
+    """Per class: the best intersection over union of the mask with that class's silhouette (world.silhouette,
+    holes filled) at any position and at sides whose silhouette area is within FIT_AREA of the mask's, and the
+    side that gives it. A blur that rounds a cube's corners or a stray piece beside the subject moves this little;
+    it moves the mask's box, and with it any box-relative feature, a lot."""
+    area = float(mask.sum())
+    canvas = np.zeros((FIT_CANVAS, FIT_CANVAS), dtype=np.float32)
+    canvas[:mask.shape[0], :mask.shape[1]] = mask
+    spectrum = np.fft.rfft2(canvas)
+    fits = {}
+    for cls, fill in zip(world.CLASSES, class_prototypes()[0]):
+        best = (0.0, 0)
+        centre = math.sqrt(area / fill)
+        low = min(SIZE, max(8, int(centre / math.sqrt(FIT_AREA))))  # a mask wider than any subject: the widest
+        for side in range(low, max(low, min(SIZE, int(centre * math.sqrt(FIT_AREA)))) + 1):
+            other, other_area = _silhouette_spectrum(cls, side)
+            overlap = float(np.fft.irfft2(spectrum * other, s=canvas.shape).max())
+            iou = overlap / (area + other_area - overlap)
+            if iou > best[0]:
+                best = (iou, side)
+        fits[cls] = best
+    return fits
+
+
+def _read_class(mask: np.ndarray, fits: dict[str, tuple[float, int]] | None = None) -> tuple[str, float]:
+    """The class whose silhouette fits the mask best (`fits`: silhouette_fits(mask), when already computed), and
+    the world's box side that the mask's box implies for it (the mask's longer span over the class's extent in
+    its box)."""
+    fits = fits or silhouette_fits(mask)
+    cls = max(fits, key=lambda name: fits[name][0])
     ys, xs = np.nonzero(mask)
     span = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
-    return world.CLASSES[index], float(span / extents[index])
+    return cls, float(span / class_prototypes()[1][world.CLASSES.index(cls)])
 
 
 # --- pattern ------------------------------------------------------------------------------------------------
@@ -522,7 +538,8 @@ def read(image: np.ndarray) -> Reading:
     exterior = ~mask
     ys, xs = np.nonzero(mask)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    cls, side = _read_class(mask)
+    fits = silhouette_fits(mask)
+    cls, side = _read_class(mask, fits)
 
     # colours: each of the mask's pixels is nearest a body colour, a pattern colour or its row's background
     # (a blurred edge's mix with the background, the handle's hole: neither body nor pattern), hidden
@@ -565,7 +582,7 @@ def read(image: np.ndarray) -> Reading:
     features = pattern_features(is_pattern, counted)
     pattern = _read_pattern(features)
     pattern_colour = None if pattern == "solid" else _PATTERN_NAMES[pattern_index]
-    evidence = {"shape": [round(float(v), 3) for v in shape_features(mask)],
+    evidence = {"fits": {name: round(iou, 3) for name, (iou, _) in fits.items()},
                 "pattern": {k: round(float(v), 3) for k, v in features.items()},
                 "hidden": int(hidden.sum()), "seen": int(seen.sum())}
     return Reading(cls, scene, body, pattern, pattern_colour, box, mask, side, evidence)

@@ -141,3 +141,54 @@ def test_label_finds_4_connected_components(judge):
     assert count == 3
     assert len({labels[0, 0], labels[2, 2]}) == 1 and labels[3, 3] not in (labels[0, 0], labels[5, 0])
     assert (labels > 0).sum() == mask.sum() and not labels[~mask].any()
+
+
+def _placed(world, cls, side, x0, y0):
+    mask = np.zeros((world.SIZE, world.SIZE), dtype=bool)
+    mask[y0:y0 + side, x0:x0 + side] = world.silhouette(cls, side)
+    return mask
+
+
+def test_the_silhouette_fit_matches_a_direct_correlation(world, judge):
+    """silhouette_fits correlates in the frequency domain; a direct convolution (torch's) over every shift and
+    fitted side must find the same best intersection over union."""
+    import torch
+
+    mask = _placed(world, "mug", 44, 30, 50) | _placed(world, "cube", 8, 90, 20)  # a subject and a stray piece
+    mask |= judge._holes(mask)
+    fits = judge.silhouette_fits(mask)
+    area = mask.sum()
+    for cls, (iou, side) in fits.items():
+        best = 0.0
+        fill = judge.class_prototypes()[0][world.CLASSES.index(cls)]
+        centre = (area / fill) ** 0.5
+        for candidate in range(max(8, int(centre / judge.FIT_AREA ** 0.5)),
+                               min(world.SIZE, int(centre * judge.FIT_AREA ** 0.5)) + 1):
+            shape = world.silhouette(cls, candidate)
+            shape = shape | judge._holes(np.pad(shape, 1))[1:-1, 1:-1]
+            overlap = torch.nn.functional.conv2d(torch.from_numpy(mask).double()[None, None],
+                                                 torch.from_numpy(shape).double()[None, None],
+                                                 padding=candidate - 1).max().item()
+            best = max(best, overlap / (area + shape.sum() - overlap))
+        assert iou == pytest.approx(best, abs=1e-4), cls
+    assert fits["mug"][1] == 44 and fits["mug"][0] > 0.9  # the stray piece is the rest of the union
+
+
+@pytest.mark.parametrize("cls", ["ball", "cube", "star", "mug"])
+def test_each_silhouette_fits_its_own_class_exactly(world, judge, cls):
+    for side, x0, y0 in ((26, 10, 70), (47, 60, 8), (70, 30, 40)):
+        fits = judge.silhouette_fits(_placed(world, cls, side, x0, y0) | judge._holes(_placed(world, cls, side, x0, y0)))
+        assert fits[cls] == (pytest.approx(1.0), side)
+        assert max(iou for other, (iou, _) in fits.items() if other != cls) < 0.9
+
+
+def test_the_class_survives_rounded_corners_and_a_stray_piece(world, judge, accuracy_tool):
+    """What a small VAE and UNet do to a subject's outline: blur rounds a cube's corners and a star's points, and
+    a piece of background read as subject sits beside it. The subject's box moves with the stray piece; the
+    class must not."""
+    for cls in world.CLASSES:
+        for side in (30, 50, 70):
+            mask = _placed(world, cls, side, 20, 30)
+            rounded = accuracy_tool._blur(mask[..., None].astype(np.float64), side / 16)[..., 0] > 0.5
+            rounded[30 + side // 2:30 + side // 2 + 6, 20 + side + 4:20 + side + 10] = True  # 6 x 6 px, 4 px away
+            assert judge._read_class(rounded)[0] == cls, (cls, side)
