@@ -83,12 +83,22 @@ class Log:
 
 
 def pictures(count: int, seed: int):
-    """(images uint8 [N, 128, 128, 3], captions) of the training set."""
-    images, captions = [], []
-    for image, text, _ in world.dataset(count, seed):
+    """(images uint8 [N, 128, 128, 3], captions, subject masks bool [N, 128, 128]) of the training set."""
+    images, captions, masks = [], [], []
+    for image, text, truth in world.dataset(count, seed):
         images.append(image)
         captions.append(text)
-    return np.stack(images), captions
+        masks.append(world.subject_mask(truth))
+    return np.stack(images), captions, np.stack(masks)
+
+
+def subject_weights(masks: np.ndarray, weight: float) -> torch.Tensor:
+    """Per latent pixel [N, 1, 16, 16]: 1 on the background, up to `weight` on the subject and the latent pixels
+    next to it (where a ball's outline and a cube's corners differ). The background, a flat colour per scene,
+    is most of the picture and easy; the subject's shape, what the class noun decides, is a few latent pixels."""
+    share = torch.nn.functional.avg_pool2d(torch.from_numpy(masks).float()[:, None], 8)  # subject share per latent px
+    around = torch.nn.functional.max_pool2d(share, 3, stride=1, padding=1)
+    return 1 + (weight - 1) * around
 
 
 def to_pixels(images: np.ndarray, device) -> torch.Tensor:
@@ -214,13 +224,15 @@ def caption_tokens(clip, captions: list[str]) -> tuple[torch.Tensor, list[int]]:
     return torch.tensor(ids), [rows[text] for text in captions]
 
 
-def unet_loss(model, text_encoder, latents, tokens, generator, device, sigmas, min_snr: float = 0.0) -> torch.Tensor:
+def unet_loss(model, text_encoder, latents, tokens, generator, device, sigmas, min_snr: float = 0.0,
+              pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The v-prediction loss in ComfyUI's sigma space: x = z0 + sigma * eps, through BaseModel.apply_model (which
     feeds the UNet c_in * x and the discrete timestep of sigma, as at sampling, and turns its v into the denoised
     latent). The v error is the denoised error times sqrt(SNR + 1), so the loss weighs each sample's squared
     denoised error by SNR + 1. With min_snr = gamma > 0 that weight is capped at gamma + 1 (Min-SNR, Hang et al.
     2023, arXiv 2303.09556): the easy low-noise steps stop dominating, and the layout and class, decided at high
-    noise, are learnt sooner. The same loss trains any parameterisation the model is built with."""
+    noise, are learnt sooner. `pixel_weights` [N, 1, h, w] weigh the squared error over the latent's pixels (each
+    sample's weights normalised to mean 1). The same loss trains any parameterisation the model is built with."""
     batch = latents.shape[0]
     t = torch.randint(0, len(sigmas), (batch,), generator=generator)
     sigma = sigmas[t].to(device)
@@ -228,7 +240,10 @@ def unet_loss(model, text_encoder, latents, tokens, generator, device, sigmas, m
     x = latents + noise * sigma.view(-1, 1, 1, 1)
     context, _ = text_encoder(tokens.tolist())
     denoised = model.apply_model(x, sigma, c_crossattn=context)
-    per_sample = (denoised - latents).pow(2).mean(dim=(1, 2, 3))
+    error = (denoised - latents).pow(2)
+    if pixel_weights is not None:
+        error = error * (pixel_weights / pixel_weights.mean(dim=(1, 2, 3), keepdim=True))
+    per_sample = error.mean(dim=(1, 2, 3))
     snr = sigma.pow(-2)
     weight = snr.clamp(max=min_snr) + 1 if min_snr > 0 else snr + 1
     return (per_sample * weight).mean()
@@ -261,9 +276,9 @@ def _residual_out_of_place(layer):
 
 
 def train_base(toy, latents, captions, steps: int, device, generator, log: Log, lr: float, min_snr: float,
-               resume: tuple[dict, dict] | None = None):
+               resume: tuple[dict, dict] | None = None, pixel_weights: torch.Tensor | None = None):
     """The UNet and the text encoder together; `resume` = (unet, clip) weights to continue from instead of a
-    fresh initialisation."""
+    fresh initialisation; `pixel_weights` [N, 1, 16, 16] per picture weigh the loss over the latent's pixels."""
     model = toy.build_unet(device)
     unet = model.diffusion_model
     init_weights(unet, generator)
@@ -289,8 +304,9 @@ def train_base(toy, latents, captions, steps: int, device, generator, log: Log, 
     for step in range(1, steps + 1):
         cosine_lr(optimizer, step, steps, [lr, lr])
         index = torch.randint(len(latents), (batch,), generator=generator)
+        weights = None if pixel_weights is None else pixel_weights[index].to(device)
         loss = unet_loss(model, encoder, latents[index].to(device), tokens[rows[index]], generator, device, sigmas,
-                         min_snr)
+                         min_snr, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(encoder.parameters()), 1.0)
@@ -422,6 +438,8 @@ def main() -> int:
     parser.add_argument("--lora-lr", type=float, default=2e-3, help="peak learning rate of the LoRA stage")
     parser.add_argument("--base-lr", type=float, default=5e-4, help="peak learning rate of the base stage")
     parser.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR loss weighting of the base stage (0: off)")
+    parser.add_argument("--subject-weight", type=float, default=1.0,
+                        help="base stage: the loss's weight on the subject and the latent pixels next to it (1: uniform)")
     parser.add_argument("--resume", action="store_true",
                         help="base stage: continue from the UNet and text encoder in --out instead of a fresh start")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiplies every stage's steps")
@@ -446,7 +464,7 @@ def main() -> int:
                        "pattern_colours": list(world.PATTERN_COLOURS), "scenes": list(world.SCENES)}
     record["configs"] = {"unet": toy.UNET_CONFIG, "clip_text": toy.CLIP_TEXT_CONFIG, "vae": toy.VAE_CONFIG}
 
-    images, captions = pictures(args.images, args.seed) if {"vae", "decoder", "base"} & set(stages) else (None, None)
+    images, captions, masks = pictures(args.images, args.seed) if {"vae", "decoder", "base"} & set(stages) else (None,) * 3
     if "vae" in stages:
         started = time.time()
         vae_state = train_vae(toy, images, steps["vae"], device, generator, log)
@@ -469,12 +487,14 @@ def main() -> int:
         resume = None
         if args.resume:
             resume = (load_state(out / "toy_world_unet.safetensors"), load_state(out / "toy_world_clip.safetensors"))
+        weights = subject_weights(masks, args.subject_weight) if args.subject_weight != 1.0 else None
         unet_state, clip_state = train_base(toy, latents, captions, steps["base"], device, generator, log,
-                                            args.base_lr, args.min_snr, resume)
+                                            args.base_lr, args.min_snr, resume, weights)
         save(out / "toy_world_unet.safetensors", unet_state)
         save(out / "toy_world_clip.safetensors", clip_state)
         base_record = {"steps": steps["base"], "seconds": round(time.time() - started), "images": args.images,
-                       "batch": 32, "lr": args.base_lr, "min_snr": args.min_snr, "loss": log.records["base"]}
+                       "batch": 32, "lr": args.base_lr, "min_snr": args.min_snr, "subject_weight": args.subject_weight,
+                       "loss": log.records["base"]}
         if args.resume and "base" in record["stages"]:
             base_record["resumed_from"] = record["stages"]["base"]  # the run whose weights this one continued
         record["stages"]["base"] = base_record

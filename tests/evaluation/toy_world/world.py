@@ -134,6 +134,14 @@ def background(scene: str, rng: np.random.Generator) -> np.ndarray:
     return image
 
 
+def subject_mask(truth: Scene) -> np.ndarray:
+    """The subject's pixels, bool [128, 128]: its class's silhouette in its box (as render draws it)."""
+    x0, y0, x1, y1 = truth.box
+    mask = np.zeros((SIZE, SIZE), dtype=bool)
+    mask[y0:y1, x0:x1] = silhouette(truth.subject.cls, x1 - x0)
+    return mask
+
+
 def render(truth: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(RGB uint8 [128, 128, 3], subject mask bool [128, 128])."""
     image = background(truth.scene, rng)
@@ -144,9 +152,7 @@ def render(truth: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
     patch = np.where(marks[..., None], PATTERN_COLOURS[truth.subject.pattern_colour], BODY_COLOURS[truth.subject.body])
     region = image[y0:y1, x0:x1]
     region[shape] = patch[shape]
-    mask = np.zeros((SIZE, SIZE), dtype=bool)
-    mask[y0:y1, x0:x1] = shape
-    return np.clip(image, 0, 255).round().astype(np.uint8), mask
+    return np.clip(image, 0, 255).round().astype(np.uint8), subject_mask(truth)
 
 
 def caption(truth: Scene, rng: np.random.Generator | None, name: str | None = None, keep: float = 0.5) -> str:
