@@ -308,11 +308,9 @@ def silhouette_fits(mask: np.ndarray) -> dict[str, tuple[float, int]]:
     return fits
 
 
-def _read_class(mask: np.ndarray, fits: dict[str, tuple[float, int]] | None = None) -> tuple[str, float]:
-    """The class whose silhouette fits the mask best (`fits`: silhouette_fits(mask), when already computed), and
-    the world's box side that the mask's box implies for it (the mask's longer span over the class's extent in
-    its box)."""
-    fits = fits or silhouette_fits(mask)
+def _read_class(mask: np.ndarray, fits: dict[str, tuple[float, int]]) -> tuple[str, float]:
+    """The class whose silhouette fits the mask best (`fits`: silhouette_fits(mask)), and the world's box side that
+    the mask's box implies for it (the mask's longer span over the class's extent in its box)."""
     cls = max(fits, key=lambda name: fits[name][0])
     ys, xs = np.nonzero(mask)
     span = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)

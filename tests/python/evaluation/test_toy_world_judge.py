@@ -165,7 +165,7 @@ def test_the_silhouette_fit_matches_a_direct_correlation(world, judge):
         for candidate in range(max(8, int(centre / judge.FIT_AREA ** 0.5)),
                                min(world.SIZE, int(centre * judge.FIT_AREA ** 0.5)) + 1):
             shape = world.silhouette(cls, candidate)
-            shape = shape | judge._holes(np.pad(shape, 1))[1:-1, 1:-1]
+            shape = shape | judge._holes_of(shape)
             overlap = torch.nn.functional.conv2d(torch.from_numpy(mask).double()[None, None],
                                                  torch.from_numpy(shape).double()[None, None],
                                                  padding=candidate - 1).max().item()
@@ -177,7 +177,8 @@ def test_the_silhouette_fit_matches_a_direct_correlation(world, judge):
 @pytest.mark.parametrize("cls", ["ball", "cube", "star", "mug"])
 def test_each_silhouette_fits_its_own_class_exactly(world, judge, cls):
     for side, x0, y0 in ((26, 10, 70), (47, 60, 8), (70, 30, 40)):
-        fits = judge.silhouette_fits(_placed(world, cls, side, x0, y0) | judge._holes(_placed(world, cls, side, x0, y0)))
+        mask = _placed(world, cls, side, x0, y0)
+        fits = judge.silhouette_fits(mask | judge._holes(mask))
         assert fits[cls] == (pytest.approx(1.0), side)
         assert max(iou for other, (iou, _) in fits.items() if other != cls) < 0.9
 
@@ -191,4 +192,4 @@ def test_the_class_survives_rounded_corners_and_a_stray_piece(world, judge, accu
             mask = _placed(world, cls, side, 20, 30)
             rounded = accuracy_tool._blur(mask[..., None].astype(np.float64), side / 16)[..., 0] > 0.5
             rounded[30 + side // 2:30 + side // 2 + 6, 20 + side + 4:20 + side + 10] = True  # 6 x 6 px, 4 px away
-            assert judge._read_class(rounded)[0] == cls, (cls, side)
+            assert judge._read_class(rounded, judge.silhouette_fits(rounded))[0] == cls, (cls, side)
