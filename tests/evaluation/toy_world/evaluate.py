@@ -136,6 +136,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the seeds are first-seed .. first-seed + seeds - 1 (a confirmation on seeds not seen before)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--strengths", default="0.1,0.3,0.6,1.0")
@@ -182,7 +184,7 @@ def main() -> int:
         cells.setdefault(cell, []).append(row)
         return row
 
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for scene, position in PROMPTS:
             vanilla_text = prompt_text(cls, scene, position)
             personal_text = prompt_text(personal_name, scene, position)
@@ -198,13 +200,13 @@ def main() -> int:
             for strength in strengths:
                 image = toy.sample(toy.lora_model, seed, personal_text, personal_name, palettes["lora"], template, strength)
                 record(f"lora+pick-and-draw@{strength:g}", seed, scene, position, image, template_box)
-                if strength == args.default_strength and seed < args.grid_seeds:
+                if strength == args.default_strength and seed < args.first_seed + args.grid_seeds:
                     grids.setdefault(prompt_label(scene, position), []).append([reference_image, template_image, lora_image, image])
             for term, weights in (("appearance", (1.0, 0.0)), ("layout", (0.0, 1.0))):
                 image = toy.sample(toy.lora_model, seed, personal_text, personal_name, palettes["lora"], template,
                                    args.default_strength, *weights)
                 record(f"lora+{term}@{args.default_strength:g}", seed, scene, position, image, template_box)
-        print(f"[{time.time() - started:6.0f} s] seed {seed + 1}/{args.seeds}", flush=True)
+        print(f"[{time.time() - started:6.0f} s] seed {seed + 1 - args.first_seed}/{args.seeds}", flush=True)
 
     accuracy, drawn = prompted_accuracy(toy, args.accuracy_seeds)
     print(f"the toy model draws the prompted class {accuracy['class']:.3f} and scene {accuracy['scene']:.3f} of the time "
