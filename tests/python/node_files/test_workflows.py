@@ -151,6 +151,18 @@ def _run(api, registry, substitutes):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_guides_at_the_nodes_default_strength(registry, path):
+    """A shipped graph opens at the strength a new node gets (the default chosen on the toy world), not an older one."""
+    graph = json.loads(path.read_text())
+    guided = [n for n in graph["nodes"] if n["type"] in ("PickAndDraw_GuidedKSampler", "PickAndDraw_Guider")]
+    assert guided, "every workflow guides a sample"
+    for node in guided:
+        cls = registry[node["type"]]
+        default = next(options["default"] for name, _, options in _inputs(cls) if name == "strength")
+        assert _widget_values(cls, node)["strength"] == default, f"node {node['id']} ({node['type']})"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_runs_end_to_end_on_tiny_models(registry, path):
     graph = json.loads(path.read_text())
     api = _to_api(graph, registry)
