@@ -4,8 +4,8 @@
 # 8 minutes: build the CUDA variant against that machine's torch, the guided-sampling benchmark
 # (SD1.5 512/768 px), the objective-evidence report on the full SD1.5 shape, the benchmark's
 # 1024 px cases (SD1.5 under a 12 GiB cap, SDXL), the naive-guidance anchor when it is given, the
-# GoogleTests, the CUDA pytest cases and the UREMD benchmarks. Logs, JSON and PNG go to $OUT
-# (default: build-device/out).
+# GoogleTests, the CUDA pytest cases, the strength check on the full SD1.5 shape and the UREMD
+# benchmarks. Logs, JSON and PNG go to $OUT (default: build-device/out).
 #
 # Optional inputs, for machines without network: wheels in .whl/ (installed into a private
 # target folder: nlohmann-json, and ComfyUI's av, torchsde, trampoline), Debian packages in .deb/
@@ -94,6 +94,9 @@ section 120 "$PYTHON" -m pytest tests/python/ops/test_uremd.py tests/python/ops/
   tests/python/ops/test_guidance_engine.py -q -rs -p no:cacheprovider -k cuda
 
 if [ "$HAS_CUDA" = 1 ]; then
+  stamp "pytest: the same strength moves a step as far on the full SD1.5 shape, float16 and float32"
+  section 120 "$PYTHON" -m pytest tests/python/comfy_host/test_appearance_features.py -q -rs -p no:cacheprovider \
+    -k "same_strength and sd1-full"
   if [ -n "${ANCHOR_PROBE:-}" ] && [ -f "$ANCHOR_PROBE" ]; then
     stamp "naive guidance anchor (design brief), same machine"
     section 100 "$PYTHON" "$ANCHOR_PROBE" > "$OUT/anchor.log" 2>&1

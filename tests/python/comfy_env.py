@@ -115,11 +115,11 @@ def full_size_patcher(family: str, device, dtype=torch.float16, seed: int = 0):
     return _random_patcher(config_class, unet_config, seed, device=device, dtype=dtype, std=0.02)
 
 
-def tiny_sd1_patcher(seed: int = 0):
+def tiny_sd1_patcher(seed: int = 0, dtype=torch.float32):
     """An SD1.x-shaped ModelPatcher (about 1 M parameters) with random weights, on the CPU."""
     import comfy.supported_models
 
-    return _random_patcher(comfy.supported_models.SD15, TINY_SD1, seed)
+    return _random_patcher(comfy.supported_models.SD15, TINY_SD1, seed, dtype=dtype)
 
 
 def conditioning(seed: int, batch: int = 1, context_dim: int = 64):
@@ -196,7 +196,7 @@ TINY_SDXL = {
 }
 
 
-def tiny_sdxl_patcher(seed: int = 0, for_tiny_clip: bool = False):
+def tiny_sdxl_patcher(seed: int = 0, for_tiny_clip: bool = False, dtype=torch.float32):
     """An SDXL-shaped ModelPatcher (SDXL's config class, ADM size conditioning, linear projections in the
     transformers) with tiny widths and random weights, on the CPU. With for_tiny_clip it takes
     tiny_sdxl_clip()'s conditioning (128 context channels, 64-wide pooled output + SDXL's 6 x 256 size
@@ -204,7 +204,7 @@ def tiny_sdxl_patcher(seed: int = 0, for_tiny_clip: bool = False):
     import comfy.supported_models
 
     sizes = {"context_dim": 128, "adm_in_channels": 64 + 6 * 256} if for_tiny_clip else {}
-    return _random_patcher(comfy.supported_models.SDXL, dict(TINY_SDXL, **sizes), seed)
+    return _random_patcher(comfy.supported_models.SDXL, dict(TINY_SDXL, **sizes), seed, dtype=dtype)
 
 
 def tiny_sdxl_clip(seed: int = 0):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_env import (PoolingVae, guidance_stores, require_comfyui, sharpen_cross_attention, subject_conditioning,
-                       tiny_sd1_patcher, tiny_sdxl_patcher)
+from comfy_env import (PoolingVae, full_size_patcher, guidance_stores, require_comfyui, sharpen_cross_attention,
+                       subject_conditioning, tiny_sd1_patcher, tiny_sdxl_patcher)
 
 SEEDS = 16
 
@@ -32,10 +32,22 @@ def _picture(kind: str, size: int = 64) -> torch.Tensor:
     return image.unsqueeze(0)
 
 
-def _model(family: str):
-    if family == "sd1":
-        return sharpen_cross_attention(tiny_sd1_patcher()), 64
-    return sharpen_cross_attention(tiny_sdxl_patcher()), 64
+def _model(family: str, dtype=torch.float32):
+    """(MODEL, context width): tiny random SD1 and SDXL shapes, the shipped toy model, or the full SD1.5 shape on a GPU."""
+    if family == "toy":
+        import importlib
+
+        from conftest import PACK_NAME
+
+        patcher = importlib.import_module(f"{PACK_NAME}.nodes.comfy_host.toy_world_models").load()[0]
+        unet = patcher.model.diffusion_model
+        unet.to(dtype)
+        unet.dtype = dtype  # the UNet casts its input to this
+        return patcher, 64
+    if family == "sd1-full":
+        return full_size_patcher("sd1", "cuda", dtype), 768
+    build = tiny_sd1_patcher if family == "sd1" else tiny_sdxl_patcher
+    return sharpen_cross_attention(build(dtype=dtype)), 64
 
 
 def _appearance_per_step(host, model, positive, negative, latent, seed, steps, palette, denoise):
@@ -142,21 +154,26 @@ def _one_step_change(host, model, family, context, strength):
                                          negative, torch.zeros(1, 4, 8, 8), disable_pbar=True, seed=1,
                                          callback=lambda step, x0, x, total: start.setdefault("x", x.detach().clone()))
         # the sampler's result comes back in the VAE's scale; the callback's x is in the model's
-        return model.model.process_latent_in(out).float(), start["x"].float()
+        return model.model.process_latent_in(out).float().cpu(), start["x"].float().cpu()
 
     plain, x_start = first_step(0.0)
     guided, _ = first_step(strength)
     return float((guided - plain).pow(2).mean().sqrt() / (plain - x_start).pow(2).mean().sqrt())
 
 
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
-def test_the_same_strength_moves_a_step_by_the_same_relative_amount_on_every_model(host, family):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "toy", "sd1-full-cuda"])
+def test_the_same_strength_moves_a_step_by_the_same_relative_amount_on_every_model(host, family, dtype):
     """Strength s moves the first step's result by s times that step's own update, whatever the model's energy
-    scale (the raw gradients of these models differ by orders of magnitude)."""
-    model, context = _model(family)
+    scale (the raw gradients of these models differ by orders of magnitude) and dtype. The loss scaling that keeps
+    a float16 gradient from underflowing is pinned by test_guidance_direction_balances_terms_and_survives_float16."""
+    if family == "sd1-full-cuda" and not torch.cuda.is_available():
+        pytest.skip("the full SD1.5 shape runs on a GPU")
+    model, context = _model(family.removesuffix("-cuda"), dtype)
+    assert model.model.get_dtype() == dtype
     for strength in (0.1, 0.4):
-        change = _one_step_change(host, model, family, context, strength)
-        assert change == pytest.approx(strength, rel=0.05), (family, strength, change)
+        change = _one_step_change(host, model, "sdxl" if family == "sdxl" else "sd1", context, strength)
+        assert change == pytest.approx(strength, rel=0.05), (family, dtype, strength, change)
 
 
 def test_guidance_direction_balances_terms_and_survives_float16(host):
