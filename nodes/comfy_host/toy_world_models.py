@@ -101,8 +101,11 @@ def load(weights: Path = WEIGHTS):
     model = build_unet()
     unet_state = comfy.utils.load_torch_file(str(files["unet"]), safe_load=True)
     model.diffusion_model.load_state_dict(unet_state, strict=True)
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
-                                               offload_device=comfy.model_management.unet_offload_device())
+    # The patcher ComfyUI's own checkpoint loaders use: since its 2026 releases the dynamic-VRAM one on GPUs where
+    # that is on (CoreModelPatcher), before them the plain ModelPatcher.
+    patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    patcher = patcher_class(model, load_device=comfy.model_management.get_torch_device(),
+                            offload_device=comfy.model_management.unet_offload_device())
     clip = build_clip(comfy.utils.load_torch_file(str(files["clip"]), safe_load=True))
     vae = build_vae(comfy.utils.load_torch_file(str(files["vae"]), safe_load=True))
     return patcher, clip, vae
