@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, in one run on a bare GPU machine (or here, where the CUDA parts
-# skip), most important first, each section under a time limit so that the whole run stays under
-# 8 minutes: build the CUDA variant against that machine's torch, the guided-sampling benchmark
+# skip), most important first, each section under a time limit (a run cut short keeps what it
+# did): build the CUDA variant against that machine's torch, the guided-sampling benchmark
 # (SD1.5 512/768 px), the objective-evidence report on the full SD1.5 shape, the benchmark's
 # 1024 px cases (SD1.5 under a 12 GiB cap, SDXL), the naive-guidance anchor when it is given, the
-# GoogleTests, the CUDA pytest cases, the strength check on the full SD1.5 shape and the UREMD
-# benchmarks. Logs, JSON and PNG go to $OUT (default: build-device/out).
+# GoogleTests, the CUDA pytest cases, the strength check on the full SD1.5 shape, the UREMD
+# benchmarks, the toy workflow on ComfyUI's server with dynamic VRAM and without, and a CPU-only
+# build guiding CUDA tensors. Logs, JSON and PNG go to $OUT (default: build-device/out).
 #
 # Optional inputs, for machines without network: wheels in .whl/ (installed into a private
-# target folder: nlohmann-json, and ComfyUI's av, torchsde, trampoline), Debian packages in .deb/
+# target folder: nlohmann-json, and ComfyUI's av, torchsde, trampoline; for the server check also
+# the rest of its requirements.txt, such as its frontend package and comfy-aimdo), Debian packages in .deb/
 # (unpacked into a private prefix, e.g. libgtest-dev), a ComfyUI checkout in COMFYUI_PATH (else
 # .comfyui/), and the anchor probe of the design brief in ANCHOR_PROBE.
 set -uo pipefail
@@ -104,6 +106,22 @@ if [ "$HAS_CUDA" = 1 ]; then
   fi
   stamp "UREMD benchmark"
   section 60 "$PYTHON" tests/benchmarks/bench_uremd.py --device cuda --json "$OUT/uremd_cuda_float32.json"
+fi
+
+stamp "ComfyUI's server: the toy workflow with dynamic VRAM and without, and at strength 0 (a dry run without CUDA)"
+section 240 "$PYTHON" tests/gpu/dynamic_vram_check.py --out "$OUT/dynamic_vram"
+
+if [ "$HAS_CUDA" = 1 ]; then
+  # Last, as it replaces the module the checks above used: most users' GPUs have no nvcc of torch's CUDA version,
+  # and their build has no CUDA kernels; CUDA tensors then take the ATen path.
+  stamp "CPU-only build guiding CUDA tensors"
+  if "$PYTHON" install.py --cpu-only --build-dir build-device-cpu; then
+    section 120 "$PYTHON" "${BENCH[@]}" --tiny --device cuda --steps 3 --json "$OUT/guided_tiny_cpu_only_build.json"
+    section 120 "$PYTHON" -m pytest tests/python/ops/test_uremd.py tests/python/comfy_host/test_appearance_features.py \
+      -q -rs -p no:cacheprovider -k "cuda or (same_strength and sd1-full)"
+  else
+    echo "the CPU-only build failed"; status=1
+  fi
 fi
 
 stamp "done, status $status"

@@ -90,10 +90,11 @@ def write_module_package(folder: Path, module: str, import_folders: list[Path]) 
 
 
 class ComfyServer:
-    """`python main.py` of the checkout on a free local port, CPU only, everything written under `base`."""
+    """`python main.py` of the checkout on a free local port, everything written under `base`; CPU only unless
+    `device_arguments` says otherwise (for example () for ComfyUI's defaults on a GPU)."""
 
-    def __init__(self, base: Path, log_path: Path):
-        self.base, self.log_path = base, log_path
+    def __init__(self, base: Path, log_path: Path, device_arguments: tuple[str, ...] = ("--cpu",)):
+        self.base, self.log_path, self.device_arguments = base, log_path, tuple(device_arguments)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -101,7 +102,7 @@ class ComfyServer:
     def start(self, timeout_s: float = 180.0) -> None:
         comfyui = comfyui_path()
         command = [
-            sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            sys.executable, "main.py", *self.device_arguments, "--listen", "127.0.0.1", "--port", str(self.port),
             "--base-directory", str(self.base),
             "--database-url", f"sqlite:///{self.base / 'comfyui.db'}",  # the default lives in the checkout
             "--disable-auto-launch", "--disable-api-nodes",  # no browser of its own, no cloud nodes
