@@ -87,15 +87,16 @@ SDXL_FULL = {
 }
 
 
-def _random_patcher(config_class, unet_config: dict, seed: int, device="cpu", dtype=torch.float32, std=0.05):
+def _random_patcher(config_class, unet_config: dict, seed: int, device="cpu", dtype=torch.float32, std=0.05,
+                    manual_cast_dtype=None):
     """A ModelPatcher of ComfyUI's config class with the given UNet config and random weights (drawn on
-    `device`, kept there). ComfyUI's layers skip initialisation, as weights are always loaded: random
-    values are set here."""
+    `device`, kept there; stored in `dtype`, computed in `manual_cast_dtype` when given, as ComfyUI runs fp8
+    weights). ComfyUI's layers skip initialisation, as weights are always loaded: random values are set here."""
     import comfy.model_patcher
 
     device = torch.device(device)
     config = config_class(dict(unet_config))
-    config.set_inference_dtype(dtype, None)
+    config.set_inference_dtype(dtype, manual_cast_dtype)
     model = config.get_model({}, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
@@ -115,11 +116,34 @@ def full_size_patcher(family: str, device, dtype=torch.float16, seed: int = 0):
     return _random_patcher(config_class, unet_config, seed, device=device, dtype=dtype, std=0.02)
 
 
-def tiny_sd1_patcher(seed: int = 0, dtype=torch.float32):
+def tiny_sd1_patcher(seed: int = 0, dtype=torch.float32, manual_cast_dtype=None):
     """An SD1.x-shaped ModelPatcher (about 1 M parameters) with random weights, on the CPU."""
     import comfy.supported_models
 
-    return _random_patcher(comfy.supported_models.SD15, TINY_SD1, seed, dtype=dtype)
+    return _random_patcher(comfy.supported_models.SD15, TINY_SD1, seed, dtype=dtype, manual_cast_dtype=manual_cast_dtype)
+
+
+def tiny_sd1_lora(patcher, clip=None, rank: int = 4, seed: int = 0) -> dict:
+    """A LoRA state dict in kohya's key names for a tiny SD1.x model: low-rank updates of every cross-attention key
+    projection of the UNet and, with `clip`, of the first text-encoder layer's key projection. Names and shapes come
+    from ComfyUI's own LoRA key maps."""
+    import comfy.lora
+
+    names = comfy.lora.model_lora_keys_unet(patcher.model, {})
+    weights = dict(patcher.model.state_dict())
+    chosen = [n for n in names if n.startswith("lora_unet_") and n.endswith("_attn2_to_k")]
+    if clip is not None:
+        names = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, names)
+        weights.update(clip.cond_stage_model.state_dict())
+        chosen.append("lora_te_text_model_encoder_layers_0_self_attn_k_proj")
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name in chosen:
+        out_features, in_features = weights[names[name]].shape
+        tensors[f"{name}.lora_up.weight"] = torch.randn(out_features, rank, generator=generator) * 0.01
+        tensors[f"{name}.lora_down.weight"] = torch.randn(rank, in_features, generator=generator) * 0.01
+        tensors[f"{name}.alpha"] = torch.tensor(float(rank))
+    return tensors
 
 
 def conditioning(seed: int, batch: int = 1, context_dim: int = 64):
@@ -137,7 +161,7 @@ def sharpen_cross_attention(patcher, factor: float = 20.0):
     with torch.no_grad():
         for name, parameter in patcher.model.diffusion_model.named_parameters():
             if "attn2.to_q" in name or "attn2.to_k" in name:
-                parameter.mul_(factor)
+                parameter.copy_(parameter.float() * factor)  # through float32: float8 has no in-place multiply
     return patcher
 
 

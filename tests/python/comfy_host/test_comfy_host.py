@@ -7,7 +7,8 @@ import types
 import pytest
 import torch
 
-from comfy_env import conditioning, require_comfyui, sharpen_cross_attention, subject_conditioning, tiny_sd1_patcher
+from comfy_env import (conditioning, require_comfyui, sharpen_cross_attention, subject_conditioning, tiny_sd1_lora,
+                       tiny_sd1_patcher)
 from tiny_models import store_metadata
 
 
@@ -120,6 +121,34 @@ def test_guided_sampling_lowers_its_energy_against_the_same_seed_unguided(ops, h
     unguided, guided = runs[0.0][-1], runs[1.0][-1]
     assert guided["appearance"] < 0.98 * unguided["appearance"], (guided, unguided)
     assert guided["layout"] < 0.98 * unguided["layout"], (guided, unguided)
+
+
+@pytest.mark.parametrize("with_lora", [False, True], ids=["fp8", "fp8-with-lora"])
+def test_fp8_stored_weights_are_guided_and_stay_fp8(ops, host, with_lora):
+    """ComfyUI's fp8 weight storage (as --fp8_e4m3fn-unet gives: weights kept in float8, each layer computed in
+    float32), with a LoRA patched over it or not: both energies fall as on float32 weights, and the weights stay
+    float8 (the gradients reach the latent through the layers' float32 copies; nothing upcasts the model). Under
+    torch.inference_mode() as ComfyUI runs prompts: outside it ComfyUI's own fp8 rounding of LoRA-patched weights
+    fails, guided or not."""
+    import comfy.sd
+
+    with torch.inference_mode():
+        patcher = sharpen_cross_attention(tiny_sd1_patcher(dtype=torch.float8_e4m3fn, manual_cast_dtype=torch.float32))
+        if with_lora:
+            patcher, _ = comfy.sd.load_lora_for_models(patcher, None, tiny_sd1_lora(patcher, rank=4, seed=1), 1.0, 0.0)
+            assert patcher.patches, "ComfyUI placed none of the LoRA's keys"
+        steps = 6
+        engine, palette, template = _engine_and_stores(ops, host, patcher, steps)
+        runs = {}
+        for strength in (0.0, 1.0):
+            guided, run = host.guide_model(patcher, engine, palette, template, strength)
+            sample(guided, steps=steps, seed=3)
+            runs[strength] = run.log
+    unguided, guided = runs[0.0][-1], runs[1.0][-1]
+    assert guided["not_finite"] == 0
+    assert guided["appearance"] < 0.98 * unguided["appearance"], (guided, unguided)
+    assert guided["layout"] < 0.98 * unguided["layout"], (guided, unguided)
+    assert {p.dtype for p in patcher.model.diffusion_model.parameters()} == {torch.float8_e4m3fn}
 
 
 def test_batched_and_split_guided_passes_give_the_same_sample_and_gradients(ops, host):

@@ -31,28 +31,13 @@ def tiny_vae(seed: int = 0):
 
 
 def write_tiny_sd1_lora(path, rank: int = 4, seed: int = 0):
-    """A LoRA file for the tiny SD1.x loader's models, in kohya's key names: low-rank updates of every
-    cross-attention key projection of the UNet and of the first text-encoder layer's key projection.
-    Names and shapes come from ComfyUI's own LoRA key maps, so LoraLoader really patches both models
-    (ComfyUI logs "lora key not loaded" for any name it cannot place)."""
-    import comfy.lora
+    """A LoRA file for the tiny SD1.x loader's models (comfy_env.tiny_sd1_lora): LoraLoader really patches both
+    models (ComfyUI logs "lora key not loaded" for any name it cannot place). Returns the LoRA's layer names."""
     from safetensors.torch import save_file
 
-    patcher, clip = comfy_env.tiny_sd1_patcher(), comfy_env.tiny_clip()
-    names = comfy.lora.model_lora_keys_unet(patcher.model, {})
-    names = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, names)
-    weights = {**patcher.model.state_dict(), **clip.cond_stage_model.state_dict()}
-    chosen = [n for n in names if n.startswith("lora_unet_") and n.endswith("_attn2_to_k")]
-    chosen.append("lora_te_text_model_encoder_layers_0_self_attn_k_proj")
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name in chosen:
-        out_features, in_features = weights[names[name]].shape
-        tensors[f"{name}.lora_up.weight"] = torch.randn(out_features, rank, generator=generator) * 0.01
-        tensors[f"{name}.lora_down.weight"] = torch.randn(rank, in_features, generator=generator) * 0.01
-        tensors[f"{name}.alpha"] = torch.tensor(float(rank))
+    tensors = comfy_env.tiny_sd1_lora(comfy_env.tiny_sd1_patcher(), comfy_env.tiny_clip(), rank, seed)
     save_file(tensors, str(path))
-    return sorted(chosen)
+    return sorted({name.split(".")[0] for name in tensors})
 
 
 class _TinyCheckpointLoader:
