@@ -109,16 +109,25 @@ def test_guided_sampling_lowers_its_energy_against_the_same_seed_unguided(ops, h
     """Both terms end lower than in the unguided run of the same seed (strength 0 runs the same code and logs the
     energy without moving the latent). A random model's energies are flat: at strength 1 (each guided step moves
     the prediction as far as the step's own noise estimate) they fell by about 4% here; a flipped sign raises them."""
-    patcher = sharpen_cross_attention(tiny_sd1_patcher())
-    steps = 6
+    runs = _unguided_and_guided_logs(ops, host, sharpen_cross_attention(tiny_sd1_patcher()), steps=6)
+    assert [entry["step"] for entry in runs[1.0]] == list(range(6))
+    _assert_both_energies_fell(runs)
+
+
+def _unguided_and_guided_logs(ops, host, patcher, steps: int) -> dict:
+    """{strength: step log} of one seed at strength 0 (the energies logged, the latent left alone) and 1."""
     engine, palette, template = _engine_and_stores(ops, host, patcher, steps)
     runs = {}
     for strength in (0.0, 1.0):
         guided, run = host.guide_model(patcher, engine, palette, template, strength)
         sample(guided, steps=steps, seed=3)
         runs[strength] = run.log
-    assert [entry["step"] for entry in runs[1.0]] == list(range(steps))
+    return runs
+
+
+def _assert_both_energies_fell(runs: dict) -> None:
     unguided, guided = runs[0.0][-1], runs[1.0][-1]
+    assert guided["not_finite"] == 0
     assert guided["appearance"] < 0.98 * unguided["appearance"], (guided, unguided)
     assert guided["layout"] < 0.98 * unguided["layout"], (guided, unguided)
 
@@ -137,17 +146,8 @@ def test_fp8_stored_weights_are_guided_and_stay_fp8(ops, host, with_lora):
         if with_lora:
             patcher, _ = comfy.sd.load_lora_for_models(patcher, None, tiny_sd1_lora(patcher, rank=4, seed=1), 1.0, 0.0)
             assert patcher.patches, "ComfyUI placed none of the LoRA's keys"
-        steps = 6
-        engine, palette, template = _engine_and_stores(ops, host, patcher, steps)
-        runs = {}
-        for strength in (0.0, 1.0):
-            guided, run = host.guide_model(patcher, engine, palette, template, strength)
-            sample(guided, steps=steps, seed=3)
-            runs[strength] = run.log
-    unguided, guided = runs[0.0][-1], runs[1.0][-1]
-    assert guided["not_finite"] == 0
-    assert guided["appearance"] < 0.98 * unguided["appearance"], (guided, unguided)
-    assert guided["layout"] < 0.98 * unguided["layout"], (guided, unguided)
+        runs = _unguided_and_guided_logs(ops, host, patcher, steps=6)
+    _assert_both_energies_fell(runs)
     assert {p.dtype for p in patcher.model.diffusion_model.parameters()} == {torch.float8_e4m3fn}
 
 
