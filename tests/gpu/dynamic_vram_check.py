@@ -40,8 +40,8 @@ SAME_PICTURE = 1.0
 GUIDANCE_ACTED = 2.0
 
 
-def api_prompt(strength: float) -> dict:
-    """The shipped toy-world workflow in the API form /prompt takes, with the guided sampler at `strength`."""
+def api_prompt() -> dict:
+    """The shipped toy-world workflow, as shipped, in the API form /prompt takes."""
     require_comfyui()
     test_workflows = importlib.import_module("test_workflows")
     comfy_nodes = importlib.import_module("nodes")
@@ -53,10 +53,17 @@ def api_prompt(strength: float) -> dict:
     for node_id, node in api.items():
         inputs = {name: [str(value[0]), value[1]] if isinstance(value, tuple) else value
                   for name, value in node["inputs"].items()}
-        if node["class_type"] == GUIDED_NODE:
-            inputs["strength"] = strength
         prompt[str(node_id)] = {"class_type": node["class_type"], "inputs": inputs}
     return prompt
+
+
+def at_strength(prompt: dict, strength: float) -> dict:
+    """A copy of `prompt` with its guided sampler at `strength`."""
+    changed = json.loads(json.dumps(prompt))
+    for node in changed.values():
+        if node["class_type"] == GUIDED_NODE:
+            node["inputs"]["strength"] = strength
+    return changed
 
 
 def queue_and_wait(server: ui.ComfyServer, prompt: dict, timeout_s: float = 300.0) -> list[np.ndarray]:
@@ -101,7 +108,8 @@ def main() -> int:
     modes = {"default": device}
     if has_switch:
         modes["dynamic VRAM off"] = (*device, "--disable-dynamic-vram")
-    guided, unguided = api_prompt(0.2), api_prompt(0.0)
+    guided = api_prompt()
+    unguided = at_strength(guided, 0.0)
 
     summary = {"gpu": torch.cuda.get_device_name() if on_gpu else None, "comfyui": str(checkout.name),
                "modes": {}, "failures": []}
