@@ -116,7 +116,7 @@ if [ "$HAS_CUDA" = 1 ]; then
   # and their build has no CUDA kernels; CUDA tensors then take the ATen path.
   stamp "CPU-only build guiding CUDA tensors"
   if "$PYTHON" install.py --cpu-only --build-dir build-device-cpu; then
-    section 120 "$PYTHON" "${BENCH[@]}" --tiny --device cuda --steps 3 --json "$OUT/guided_tiny_cpu_only_build.json"
+    section 150 "$PYTHON" "${BENCH[@]}" --cases sd1:64 --steps 3 --json "$OUT/guided_sd15_cpu_only_build.json"
     section 120 "$PYTHON" -m pytest tests/python/ops/test_uremd.py tests/python/comfy_host/test_appearance_features.py \
       -q -rs -p no:cacheprovider -k "cuda or (same_strength and sd1-full)"
   else
