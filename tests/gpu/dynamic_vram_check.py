@@ -12,8 +12,6 @@ this script. Writes summary.json, the pictures and the server logs to --out; exi
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib
 import json
 import sys
 import tempfile
@@ -27,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "tests" / "python"), str(ROOT / "tests" / "python" / "node_files")]
 
 import comfyui_browser as ui  # noqa: E402
+import workflow_graph as graph  # noqa: E402
 from comfy_env import comfyui_path, require_comfyui  # noqa: E402
 
 WORKFLOW = ROOT / "workflows" / "pick_and_draw_toy_world.json"
@@ -43,18 +42,7 @@ GUIDANCE_ACTED = 2.0
 def api_prompt() -> dict:
     """The shipped toy-world workflow, as shipped, in the API form /prompt takes."""
     require_comfyui()
-    test_workflows = importlib.import_module("test_workflows")
-    comfy_nodes = importlib.import_module("nodes")
-    asyncio.run(comfy_nodes.init_extra_nodes(init_custom_nodes=False))
-    if not asyncio.run(comfy_nodes.load_custom_node(str(ROOT))):
-        raise RuntimeError("ComfyUI could not load the pack in this process")
-    api = test_workflows._to_api(json.loads(WORKFLOW.read_text()), comfy_nodes.NODE_CLASS_MAPPINGS)
-    prompt = {}
-    for node_id, node in api.items():
-        inputs = {name: [str(value[0]), value[1]] if isinstance(value, tuple) else value
-                  for name, value in node["inputs"].items()}
-        prompt[str(node_id)] = {"class_type": node["class_type"], "inputs": inputs}
-    return prompt
+    return graph.to_prompt(graph.to_api(json.loads(WORKFLOW.read_text()), graph.node_registry(ROOT)))
 
 
 def at_strength(prompt: dict, strength: float) -> dict:

@@ -10,8 +10,6 @@ two real tokenizers and two tiny text encoders.
 
 from __future__ import annotations
 
-import asyncio
-import importlib
 import json
 from pathlib import Path
 
@@ -20,49 +18,16 @@ import torch
 
 from comfy_env import PoolingVae, require_comfyui, tiny_clip, tiny_sd1_patcher, tiny_sdxl_clip, tiny_sdxl_patcher
 from conftest import ROOT
+from workflow_graph import FRONTEND_ONLY, declared_inputs, node_registry, to_api, widget_values
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 OUR_NODE_PREFIX = "PickAndDraw_"
-FRONTEND_ONLY = {"Note", "MarkdownNote"}  # the page's own nodes: text on the canvas, never sent to the server
 
 
 @pytest.fixture(scope="module")
 def registry():
     require_comfyui()
-    comfy_nodes = importlib.import_module("nodes")
-    asyncio.run(comfy_nodes.init_extra_nodes(init_custom_nodes=False))
-    assert asyncio.run(comfy_nodes.load_custom_node(str(ROOT)))
-    return comfy_nodes.NODE_CLASS_MAPPINGS
-
-
-def _inputs(cls):
-    """[(name, type, options)] of a node class, required then optional, as its INPUT_TYPES declares them."""
-    declared = cls.INPUT_TYPES()
-    out = []
-    for group in ("required", "optional"):
-        for name, spec in declared.get(group, {}).items():
-            kind = spec[0] if isinstance(spec[0], str) else "COMBO"
-            out.append((name, kind, spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}))
-    return out
-
-
-def _widget_values(cls, node) -> dict:
-    values = list(node["widgets_values"])
-    linked = {i["name"] for i in node.get("inputs", []) if i.get("link") is not None}
-    result = {}
-    for name, kind, options in _inputs(cls):
-        if kind not in WIDGET_TYPES or name in linked:
-            continue
-        assert values, f"node {node['id']} ({node['type']}): no widget value for '{name}'"
-        result[name] = values.pop(0)
-        if options.get("control_after_generate"):  # the frontend's seed control widget
-            control = values.pop(0)
-            assert control in ("fixed", "increment", "decrement", "randomize"), control
-        if options.get("image_upload"):  # the frontend's upload button keeps a value too
-            assert values.pop(0) == "image"
-    assert not values, f"node {node['id']} ({node['type']}): {len(values)} widget values too many: {values}"
-    return result
+    return node_registry(ROOT)
 
 
 def test_workflows_are_shipped():
@@ -90,8 +55,8 @@ def test_workflow_matches_the_registered_nodes(registry, path):
     for node in nodes.values():
         assert node["type"] in registry, f"{path.name}: unknown node type {node['type']}"
         cls = registry[node["type"]]
-        _widget_values(cls, node)
-        declared = {name: kind for name, kind, _ in _inputs(cls)}
+        widget_values(cls, node)
+        declared = {name: kind for name, kind, _ in declared_inputs(cls)}
         for slot in node.get("inputs", []):
             assert slot["name"] in declared, f"{node['type']} has no input '{slot['name']}'"
         outputs = list(getattr(cls, "RETURN_TYPES", ()))
@@ -106,22 +71,7 @@ def test_workflow_matches_the_registered_nodes(registry, path):
         src_cls, dst_node = registry[nodes[src]["type"]], nodes[dst]
         assert src_cls.RETURN_TYPES[src_slot] == kind, f"link {link_id}: {src_cls.RETURN_TYPES[src_slot]} vs {kind}"
         target = dst_node["inputs"][dst_slot]
-        assert target["link"] == link_id and dict((n, k) for n, k, _ in _inputs(registry[dst_node["type"]]))[target["name"]] == kind
-
-
-def _to_api(graph, registry):
-    api = {}
-    links = {row[0]: row for row in graph["links"]}
-    for node in graph["nodes"]:
-        if node["type"] in FRONTEND_ONLY:
-            continue
-        inputs = _widget_values(registry[node["type"]], node)
-        for slot in node.get("inputs", []):
-            if slot.get("link") is not None:
-                _, src, src_slot, _, _, _ = links[slot["link"]]
-                inputs[slot["name"]] = (src, src_slot)
-        api[node["id"]] = {"class_type": node["type"], "inputs": inputs}
-    return api
+        assert target["link"] == link_id and dict((n, k) for n, k, _ in declared_inputs(registry[dst_node["type"]]))[target["name"]] == kind
 
 
 def _run(api, registry, substitutes):
@@ -158,14 +108,14 @@ def test_workflow_guides_at_the_nodes_default_strength(registry, path):
     assert guided, "every workflow guides a sample"
     for node in guided:
         cls = registry[node["type"]]
-        default = next(options["default"] for name, _, options in _inputs(cls) if name == "strength")
-        assert _widget_values(cls, node)["strength"] == default, f"node {node['id']} ({node['type']})"
+        default = next(options["default"] for name, _, options in declared_inputs(cls) if name == "strength")
+        assert widget_values(cls, node)["strength"] == default, f"node {node['id']} ({node['type']})"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_runs_end_to_end_on_tiny_models(registry, path):
     graph = json.loads(path.read_text())
-    api = _to_api(graph, registry)
+    api = to_api(graph, registry)
     for node in api.values():  # small and quick: 128 px, 3 steps everywhere
         for key, value in (("steps", 3), ("width", 128), ("height", 128)):
             if key in node["inputs"]:
