@@ -145,6 +145,7 @@ def main() -> int:
     parser.add_argument("--grid-seeds", type=int, default=4)
     parser.add_argument("--accuracy-seeds", type=int, default=3, help="seeds per class and scene for the drawing accuracy")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--weights", help="a training run's folder (train.py --out) instead of the shipped weights")
     parser.add_argument("--accuracy-only", action="store_true",
                         help="only measure how often the model draws the prompted class and scene, and print it")
     args = parser.parse_args()
@@ -154,10 +155,12 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    toy = Toy(args.steps, args.cfg)
+    toy = Toy(args.steps, args.cfg, args.weights)
     if args.accuracy_only:
         print(json.dumps(prompted_accuracy(toy, args.accuracy_seeds)[0]), flush=True)
         return 0
+    if toy.lora_model is None:
+        raise SystemExit(f"--weights {args.weights}: no LoRA there (train.py --stages lora); --accuracy-only needs none")
     from PIL import Image
 
     reference_image = np.asarray(Image.open(toy.toy_nodes.REFERENCES / f"{REFERENCE}.png").convert("RGB"))

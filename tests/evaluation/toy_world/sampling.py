@@ -4,6 +4,7 @@ sampling settings, as the evaluation and the main job use them."""
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,7 +33,9 @@ def prompt_label(scene: str, position: str | None) -> str:
 class Toy:
     """The toy world's models through the pack's host adapter, and the sampling settings of every cell."""
 
-    def __init__(self, steps: int, cfg: float):
+    def __init__(self, steps: int, cfg: float, weights: Path | None = None):
+        """`weights`: a training run's folder (train.py --out) instead of the shipped weights; its LoRA when it has
+        one, else the LoRA cells are not available (lora_model None)."""
         import comfy_env
 
         self.host = comfy_env.require_comfyui()
@@ -41,9 +44,13 @@ class Toy:
 
         comfy.utils.PROGRESS_BAR_ENABLED = False
         self.toy_nodes = importlib.import_module(f"{comfy_env.PACK_NAME}.nodes.toy_world_nodes")
-        self.model, self.clip, self.vae = self.toy_nodes.toy_model.load()
-        lora = comfy.utils.load_torch_file(str(self.toy_nodes.LORA), safe_load=True)
-        self.lora_model, _ = comfy.sd.load_lora_for_models(self.model, None, lora, 1.0, 0)
+        folder = Path(weights) if weights else self.toy_nodes.toy_model.WEIGHTS
+        self.model, self.clip, self.vae = self.toy_nodes.toy_model.load(folder)
+        lora_file = folder / self.toy_nodes.LORA.name
+        self.lora_model = None
+        if lora_file.is_file():
+            lora = comfy.utils.load_torch_file(str(lora_file), safe_load=True)
+            self.lora_model, _ = comfy.sd.load_lora_for_models(self.model, None, lora, 1.0, 0)
         self.steps, self.cfg = steps, cfg
         self.negative = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(""))
         self.latent = {"samples": torch.zeros(1, 4, 16, 16)}
