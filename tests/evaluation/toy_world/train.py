@@ -101,6 +101,23 @@ def subject_weights(masks: np.ndarray, weight: float) -> torch.Tensor:
     return 1 + (weight - 1) * around
 
 
+def outline_weights(masks: np.ndarray, weight: float, device) -> torch.Tensor | None:
+    """Per pixel [N, 1, H, W] for the autoencoder's reconstruction loss: 1 on the background, `weight` on the subject
+    and within 4 px of it, where the outline that tells a ball from a cube is; None when `weight` is 1."""
+    if weight == 1.0:
+        return None
+    near = torch.nn.functional.max_pool2d(torch.from_numpy(masks).float()[:, None], 9, stride=1, padding=4)
+    return (1 + (weight - 1) * near).to(device)
+
+
+def reconstruction_loss(decoded: torch.Tensor, pixels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """L1 + L2 per pixel, weighted (normalised by the weights' mean, so the loss's scale stays that of the uniform one)."""
+    error = (decoded - pixels).abs() + (decoded - pixels).pow(2)
+    if weights is None:
+        return error.mean()
+    return (error * weights).mean() / weights.mean()
+
+
 def to_pixels(images: np.ndarray, device) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float [N, 3, H, W] in -1..1 (ComfyUI's VAE input convention)."""
     return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1)
@@ -113,7 +130,8 @@ def cosine_lr(optimizer, step: int, total: int, base: list[float], warmup: int =
         group["lr"] = lr * max(factor, 0.02)
 
 
-def train_vae(toy, images: np.ndarray, steps: int, device, generator: torch.Generator, log: Log) -> dict:
+def train_vae(toy, images: np.ndarray, steps: int, device, generator: torch.Generator, log: Log,
+              masks: np.ndarray | None = None, outline_weight: float = 1.0) -> dict:
     import comfy.ldm.models.autoencoder
 
     vae = comfy.ldm.models.autoencoder.AutoencoderKL(**toy.VAE_CONFIG).to(device)
@@ -125,15 +143,17 @@ def train_vae(toy, images: np.ndarray, steps: int, device, generator: torch.Gene
         index = torch.randint(len(images), (batch,), generator=generator)
         ys = torch.randint(0, 128 - crop + 1, (batch,), generator=generator)
         xs = torch.randint(0, 128 - crop + 1, (batch,), generator=generator)
-        patch = np.stack([images[i, y:y + crop, x:x + crop] for i, y, x in zip(index.tolist(), ys.tolist(), xs.tolist())])
-        pixels = to_pixels(patch, device)
+        places = list(zip(index.tolist(), ys.tolist(), xs.tolist()))
+        pixels = to_pixels(np.stack([images[i, y:y + crop, x:x + crop] for i, y, x in places]), device)
+        weights = None if masks is None else outline_weights(
+            np.stack([masks[i, y:y + crop, x:x + crop] for i, y, x in places]), outline_weight, device)
         moments = vae.quant_conv(vae.encoder(pixels))
         mean, logvar = moments.chunk(2, dim=1)
         logvar = logvar.clamp(-30, 20)
         latent = mean + torch.randn(mean.shape, generator=generator, device="cpu").to(device) * (0.5 * logvar).exp()
         decoded = vae.decoder(vae.post_quant_conv(latent))
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
-        loss = (decoded - pixels).abs().mean() + (decoded - pixels).pow(2).mean() + 1e-4 * kl
+        loss = reconstruction_loss(decoded, pixels, weights) + 1e-4 * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -151,7 +171,8 @@ def train_vae(toy, images: np.ndarray, steps: int, device, generator: torch.Gene
     return {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
 
 
-def refine_decoder(toy, vae_state: dict, images: np.ndarray, steps: int, device, generator: torch.Generator, log: Log) -> dict:
+def refine_decoder(toy, vae_state: dict, images: np.ndarray, steps: int, device, generator: torch.Generator, log: Log,
+                   masks: np.ndarray | None = None, outline_weight: float = 1.0) -> dict:
     """More training of the decoder alone, the encoder frozen: the latent space (what the UNet is trained on) stays
     exactly as it is, so this can run beside or after the base stage."""
     import comfy.ldm.models.autoencoder
@@ -168,12 +189,14 @@ def refine_decoder(toy, vae_state: dict, images: np.ndarray, steps: int, device,
         index = torch.randint(len(images), (batch,), generator=generator)
         ys = torch.randint(0, (128 - crop) // 8 + 1, (batch,), generator=generator) * 8
         xs = torch.randint(0, (128 - crop) // 8 + 1, (batch,), generator=generator) * 8
-        patch = np.stack([images[i, y:y + crop, x:x + crop] for i, y, x in zip(index.tolist(), ys.tolist(), xs.tolist())])
-        pixels = to_pixels(patch, device)
+        places = list(zip(index.tolist(), ys.tolist(), xs.tolist()))
+        pixels = to_pixels(np.stack([images[i, y:y + crop, x:x + crop] for i, y, x in places]), device)
+        weights = None if masks is None else outline_weights(
+            np.stack([masks[i, y:y + crop, x:x + crop] for i, y, x in places]), outline_weight, device)
         with torch.no_grad():
             mean = vae.quant_conv(vae.encoder(pixels)).chunk(2, dim=1)[0]
         decoded = vae.decoder(vae.post_quant_conv(mean))
-        loss = (decoded - pixels).abs().mean() + (decoded - pixels).pow(2).mean()
+        loss = reconstruction_loss(decoded, pixels, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -440,6 +463,9 @@ def main() -> int:
     parser.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR loss weighting of the base stage (0: off)")
     parser.add_argument("--subject-weight", type=float, default=1.0,
                         help="base stage: the loss's weight on the subject and the latent pixels next to it (1: uniform)")
+    parser.add_argument("--outline-weight", type=float, default=1.0,
+                        help="autoencoder and decoder stages: the reconstruction loss's weight on the subject and "
+                             "the pixels within 4 px of it (1: uniform)")
     parser.add_argument("--resume", action="store_true",
                         help="base stage: continue from the UNet and text encoder in --out instead of a fresh start")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiplies every stage's steps")
@@ -467,16 +493,18 @@ def main() -> int:
     images, captions, masks = pictures(args.images, args.seed) if {"vae", "decoder", "base"} & set(stages) else (None,) * 3
     if "vae" in stages:
         started = time.time()
-        vae_state = train_vae(toy, images, steps["vae"], device, generator, log)
+        vae_state = train_vae(toy, images, steps["vae"], device, generator, log, masks, args.outline_weight)
         save(out / "toy_world_vae.safetensors", vae_state)
         record["stages"]["vae"] = {"steps": steps["vae"], "seconds": round(time.time() - started), "images": args.images,
-                                   "loss": log.records["vae"]}
+                                   "outline_weight": args.outline_weight, "loss": log.records["vae"]}
     vae_state = load_state(out / "toy_world_vae.safetensors")
     if "decoder" in stages:
         started = time.time()
-        vae_state = refine_decoder(toy, vae_state, images, steps["decoder"], device, generator, log)
+        vae_state = refine_decoder(toy, vae_state, images, steps["decoder"], device, generator, log, masks,
+                                   args.outline_weight)
         save(out / "toy_world_vae.safetensors", vae_state)
-        decoder_record = {"steps": steps["decoder"], "seconds": round(time.time() - started), "loss": log.records["decoder"]}
+        decoder_record = {"steps": steps["decoder"], "seconds": round(time.time() - started),
+                          "outline_weight": args.outline_weight, "loss": log.records["decoder"]}
         if "vae" not in stages and "decoder" in record["stages"]:
             decoder_record["after"] = record["stages"]["decoder"]  # the decoder this run continued training
         record["stages"]["decoder"] = decoder_record
