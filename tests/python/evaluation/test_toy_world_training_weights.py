@@ -1,6 +1,7 @@
-"""The base stage's subject weighting (tests/evaluation/toy_world/train.py --subject-weight): the loss's weight per
-latent pixel follows the subject's mask at the latent's resolution, with the pixels next to it, and each
-picture's weights are normalised, so a uniform weight gives the unweighted loss."""
+"""The loss weightings of tests/evaluation/toy_world/train.py. The base stage's (--subject-weight): the loss's weight
+per latent pixel follows the subject's mask at the latent's resolution, with the pixels next to it, and each
+picture's weights are normalised, so a uniform weight gives the unweighted loss. The autoencoder's
+(--outline-weight): per pixel, on the subject and within 4 px of it, normalised likewise."""
 
 from __future__ import annotations
 
@@ -65,3 +66,29 @@ def test_uniform_weights_give_the_unweighted_loss_and_others_move_it(train):
     expected = (error * (sigma.pow(-2).clamp(max=5.0) + 1)).mean()
     assert float(_loss(train, one)) == pytest.approx(float(expected), rel=1e-5)
     assert float(expected) != pytest.approx(float(unweighted), rel=1e-2)
+
+
+def test_the_outline_weight_covers_the_subject_and_4_px_around_it(train):
+    masks = np.zeros((1, 64, 64), dtype=bool)
+    masks[0, 20:30, 30:40] = True
+    weights = train.outline_weights(masks, 5.0, "cpu")
+    assert weights.shape == (1, 1, 64, 64)
+    expected = torch.ones(64, 64)
+    expected[16:34, 26:44] = 5.0  # the square grown by 4 px on every side (a max filter is a square dilation)
+    assert torch.equal(weights[0, 0], expected)
+    assert train.outline_weights(masks, 1.0, "cpu") is None
+
+
+def test_the_reconstruction_loss_is_l1_plus_l2_and_its_weights_move_only_its_balance(train):
+    pixels = torch.zeros(1, 3, 8, 8)
+    decoded = torch.zeros(1, 3, 8, 8)
+    decoded[..., :4] = 0.5  # error 0.5 on the left half, 0 on the right
+    uniform = float(train.reconstruction_loss(decoded, pixels, None))
+    assert uniform == pytest.approx((0.5 + 0.25) / 2)
+    assert float(train.reconstruction_loss(decoded, pixels, torch.full((1, 1, 8, 8), 3.0))) == pytest.approx(uniform)
+    left = torch.ones(1, 1, 8, 8)
+    left[..., :4] = 4.0  # the erring half weighs four times as much: 4 * 0.75 / (4 + 1)
+    assert float(train.reconstruction_loss(decoded, pixels, left)) == pytest.approx(4 * 0.75 / 5)
+    right = torch.ones(1, 1, 8, 8)
+    right[..., 4:] = 4.0
+    assert float(train.reconstruction_loss(decoded, pixels, right)) == pytest.approx(0.75 / 5)
