@@ -463,7 +463,7 @@ def main() -> int:
     parser.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR loss weighting of the base stage (0: off)")
     parser.add_argument("--subject-weight", type=float, default=1.0,
                         help="base stage: the loss's weight on the subject and the latent pixels next to it (1: uniform)")
-    parser.add_argument("--outline-weight", type=float, default=1.0,
+    parser.add_argument("--outline-weight", type=float, default=5.0,
                         help="autoencoder and decoder stages: the reconstruction loss's weight on the subject and "
                              "the pixels within 4 px of it (1: uniform)")
     parser.add_argument("--resume", action="store_true",

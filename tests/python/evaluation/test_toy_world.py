@@ -121,3 +121,18 @@ def test_a_short_run_of_the_training_command_still_lowers_its_loss(tmp_path):
     losses = [loss for _, loss in json.loads((out / "training.json").read_text())["stages"]["base"]["loss"]]
     assert len(losses) == 60
     assert np.mean(losses[-15:]) < 0.9 * np.mean(losses[:15]), losses
+
+
+def test_a_short_run_of_the_autoencoder_stage_still_lowers_its_loss(tmp_path):
+    """Not a retrain: the autoencoder stage (outline-weighted, the default) for a few steps from fresh weights on a
+    few pictures, and its logged loss falls."""
+    require_comfyui()
+    env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "evaluation" / "toy_world" / "train.py"), "--out",
+                           str(tmp_path), "--stages", "vae", "--images", "32", "--vae-steps", "60", "--threads", "1"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "training.json").read_text())["stages"]["vae"]
+    assert record["outline_weight"] == 5.0
+    losses = [loss for _, loss in record["loss"]]
+    assert np.mean(losses[-15:]) < 0.9 * np.mean(losses[:15]), losses
