@@ -238,7 +238,8 @@ def main() -> int:
 
 def prompted_accuracy(toy, seeds: int) -> tuple[dict, list[dict]]:
     """Does the toy model draw what it is asked? Every class in every scene, class-noun prompts, unguided, read by
-    the judge: ({"class", "scene", "pictures"}, the readings)."""
+    the judge: ({"class", "scene", "pictures", "class_by_class"}, the readings); class_by_class is the share of each
+    asked class read as itself."""
     drawn = []
     for cls_asked in world.CLASSES:
         for scene in world.SCENES:
@@ -247,7 +248,9 @@ def prompted_accuracy(toy, seeds: int) -> tuple[dict, list[dict]]:
                 drawn.append({"class": cls_asked, "scene": scene, "seed": seed, "class_read": reading.cls,
                               "scene_read": reading.scene})
     accuracy = {"class": float(np.mean([d["class"] == d["class_read"] for d in drawn])),
-                "scene": float(np.mean([d["scene"] == d["scene_read"] for d in drawn])), "pictures": len(drawn)}
+                "scene": float(np.mean([d["scene"] == d["scene_read"] for d in drawn])), "pictures": len(drawn),
+                "class_by_class": {cls: float(np.mean([d["class_read"] == cls for d in drawn if d["class"] == cls]))
+                                   for cls in world.CLASSES}}
     return accuracy, drawn
 
 
