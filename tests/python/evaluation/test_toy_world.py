@@ -106,6 +106,14 @@ def test_the_toy_model_draws_the_prompted_class_and_scene(toy):
     assert classes >= 0.75 and scenes >= 0.75, correct
 
 
+def _train(out, *arguments: str) -> None:
+    """The training command into `out` on one thread, with the ComfyUI under test; fails with its error output."""
+    env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "evaluation" / "toy_world" / "train.py"), "--out", str(out),
+                           *arguments, "--threads", "1"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_a_short_run_of_the_training_command_still_lowers_its_loss(tmp_path):
     """Not a retrain: the base stage for a few steps from fresh weights on a few pictures (the shipped VAE encodes
     them), and its logged loss falls."""
@@ -113,11 +121,7 @@ def test_a_short_run_of_the_training_command_still_lowers_its_loss(tmp_path):
     out = tmp_path / "weights"
     out.mkdir()
     shutil.copy(WEIGHTS / "toy_world_vae.safetensors", out)
-    env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "evaluation" / "toy_world" / "train.py"), "--out", str(out),
-                           "--stages", "base", "--images", "64", "--base-steps", "60", "--threads", "1"],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _train(out, "--stages", "base", "--images", "64", "--base-steps", "60")
     losses = [loss for _, loss in json.loads((out / "training.json").read_text())["stages"]["base"]["loss"]]
     assert len(losses) == 60
     assert np.mean(losses[-15:]) < 0.9 * np.mean(losses[:15]), losses
@@ -127,11 +131,7 @@ def test_a_short_run_of_the_autoencoder_stage_still_lowers_its_loss(tmp_path):
     """Not a retrain: the autoencoder stage (outline-weighted, the default) for a few steps from fresh weights on a
     few pictures, and its logged loss falls."""
     require_comfyui()
-    env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "evaluation" / "toy_world" / "train.py"), "--out",
-                           str(tmp_path), "--stages", "vae", "--images", "32", "--vae-steps", "60", "--threads", "1"],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _train(tmp_path, "--stages", "vae", "--images", "32", "--vae-steps", "60")
     record = json.loads((tmp_path / "training.json").read_text())["stages"]["vae"]
     assert record["outline_weight"] == 5.0
     losses = [loss for _, loss in record["loss"]]
