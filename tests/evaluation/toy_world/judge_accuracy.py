@@ -4,6 +4,8 @@
     python tests/evaluation/toy_world/judge_accuracy.py --count 400 --seed 12345
     python tests/evaluation/toy_world/judge_accuracy.py --count 400 --seed 12345 --blur --artefacts
     COMFYUI_PATH=/path/to/ComfyUI python tests/evaluation/toy_world/judge_accuracy.py --count 400 --seed 12345 --vae
+    COMFYUI_PATH=/path/to/ComfyUI python tests/evaluation/toy_world/judge_accuracy.py --count 200 --seed 12345 \
+        --vae --unet-sigmas 0.05,0.2,0.8
 
 Picture i is world.sample(10**6 + seed + i): small seeds, never drawn by world.dataset (whose per-picture seeds
 are 62-bit draws from rng seed 0). With --blur each picture is also read after `degrade`, a stand-in for a
@@ -13,7 +15,9 @@ accuracies are printed. With --artefacts each degraded picture is also read afte
 for what the toy UNet leaves on its pictures' backgrounds: a faint copy of the world's check pattern (an
 overfitted LoRA draws it; the toy world's README gives its measured strength) and a frame shaded darker.
 With --vae each picture is also read after the shipped toy autoencoder's round trip
-(encode, decode): the best a picture the toy model draws can be read, whatever the UNet does.
+(encode, decode): the best a picture the toy model draws can be read, whatever the UNet does. With --unet-sigmas
+each picture is also read after the toy UNet's one-step denoising at each noise level (unet_denoising): where
+along the noise levels the UNet loses what the judge reads.
 
 Fields: cls, scene, body, pattern (all pictures); pattern_colour (pictures whose subject is not solid: a
 solid subject shows no pattern colour); box (IoU of the read box with the true box >= 0.5); position (pictures
@@ -115,37 +119,72 @@ def score(reading: judge.Reading, truth: world.Scene) -> dict[str, bool]:
     return result
 
 
+def _toy_world_models():
+    """The host adapter's toy-world module (it imports ComfyUI, which comfy_env has put on the path)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[3] / "nodes" / "comfy_host" / "toy_world_models.py"
+    spec = importlib.util.spec_from_file_location("toy_world_models", path)
+    models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(models)
+    return models
+
+
 def vae_round_trip(weights: Path | None = None):
     """The toy autoencoder's encode-decode as a picture -> picture function (ComfyUI from COMFYUI_PATH): the shipped
     one, or the one in the folder `weights` (a training run's --out)."""
-    import importlib.util
-
     import torch
 
     import comfy_env
 
-    root = Path(__file__).resolve().parents[3]
-
     comfy_env.require_comfyui()
     import comfy.utils
 
-    spec = importlib.util.spec_from_file_location("toy_world_models", root / "nodes" / "comfy_host" / "toy_world_models.py")
-    models = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(models)
+    models = _toy_world_models()
     folder = Path(weights) if weights else models.WEIGHTS
     vae = models.build_vae(comfy.utils.load_torch_file(str(folder / "toy_world_vae.safetensors"), safe_load=True))
 
-    def round_trip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def round_trip(image: np.ndarray, rng: np.random.Generator, truth: world.Scene) -> np.ndarray:
         pixels = torch.from_numpy(image).float().div(255).unsqueeze(0)
         return (vae.decode(vae.encode(pixels))[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
     return round_trip
 
 
+def unet_denoising(sigma: float, weights: Path | None = None):
+    """The toy UNet's one-step denoising as a picture -> picture function: the picture encoded, noised to `sigma`
+    (ComfyUI's sigma space, the noise drawn from the picture's rng), denoised in one step with the class-noun prompt
+    of its truth ("a star on the beach", as the drawing accuracy asks), unguided, and decoded. A sampler's last steps
+    are such steps at low sigma, so a class lost there is lost from the sampled pictures too. At sigma 0 the UNet
+    is not run (the autoencoder's round trip)."""
+    import torch
+
+    import comfy_env
+
+    comfy_env.require_comfyui()
+    models = _toy_world_models()
+    patcher, clip, vae = models.load(Path(weights) if weights else models.WEIGHTS)
+    model = patcher.model
+
+    def denoised(image: np.ndarray, rng: np.random.Generator, truth: world.Scene) -> np.ndarray:
+        pixels = torch.from_numpy(image).float().div(255).unsqueeze(0)
+        clean = model.process_latent_in(vae.encode(pixels))
+        if sigma > 0:
+            prompt = f"a {truth.subject.cls} {truth.scene}"
+            context = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))[0][0]
+            noise = torch.from_numpy(rng.standard_normal(clean.shape)).float()
+            with torch.no_grad():
+                clean = model.apply_model(clean + sigma * noise, torch.tensor([sigma]), c_crossattn=context)
+        decoded = vae.decode(model.process_latent_out(clean))[0]
+        return (decoded.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+    return denoised
+
+
 def accuracy(count: int, seed: int, blur: bool = False, failures: list | None = None, transform=None,
              artefacts: bool = False, haze: float = HAZE) -> dict:
     """{'accuracy': {field: share right}, 'n': {field: pictures scored}} over pictures seed..seed+count-1, read
-    after `degrade` when blur, then `add_artefacts` when artefacts, or after transform(image, rng) when given."""
+    after `degrade` when blur, then `add_artefacts` when artefacts, or after transform(image, rng, truth) when given."""
     right = dict.fromkeys(FIELDS, 0)
     n = dict.fromkeys(FIELDS, 0)
     for i in range(count):
@@ -156,7 +195,7 @@ def accuracy(count: int, seed: int, blur: bool = False, failures: list | None = 
         if artefacts:
             image = add_artefacts(image, mask, np.random.default_rng([picture_seed, 2]), haze)
         if transform is not None:
-            image = transform(image, np.random.default_rng([picture_seed, 1]))
+            image = transform(image, np.random.default_rng([picture_seed, 1]), truth)
         result = score(judge.read(image), truth)
         for field, ok in result.items():
             n[field] += 1
@@ -176,7 +215,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--haze", type=float, default=HAZE,
                         help="with --artefacts: the check pattern's grey shift per cell (the overfitted LoRA's is stronger)")
     parser.add_argument("--vae", action="store_true", help="also read each picture after the toy autoencoder's round trip")
-    parser.add_argument("--weights", help="with --vae: the folder of the autoencoder to use (default: the shipped one)")
+    parser.add_argument("--unet-sigmas", help="also read each picture after the toy UNet's one-step denoising at each of "
+                        "these noise levels (comma-separated sigmas, e.g. 0.05,0.2,0.8)")
+    parser.add_argument("--weights", help="with --vae or --unet-sigmas: the folder of the models to use "
+                        "(default: the shipped ones)")
     parser.add_argument("--failures", type=int, default=0, help="list this many failing picture seeds per run")
     args = parser.parse_args(argv)
     first = BASE_SEED + args.seed
@@ -184,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = [("clean", False, None, False)] + ([("degraded", True, None, False)] if args.blur else [])
     runs += [("degraded + artefacts", True, None, True)] if args.artefacts else []
     runs += [("vae round trip", False, vae_round_trip(args.weights), False)] if args.vae else []
+    for sigma in [float(s) for s in args.unet_sigmas.split(",")] if args.unet_sigmas else []:
+        runs += [(f"unet one step at sigma {sigma:g}", False, unet_denoising(sigma, args.weights), False)]
     for name, blur, transform, artefacts in runs:
         failures: list = []
         out[name] = accuracy(args.count, args.seed, blur, failures, transform, artefacts, args.haze)

@@ -106,6 +106,28 @@ def test_the_toy_model_draws_the_prompted_class_and_scene(toy):
     assert classes >= 0.75 and scenes >= 0.75, correct
 
 
+def test_the_one_step_denoising_is_the_round_trip_at_sigma_0_and_removes_noise_above_it():
+    """judge_accuracy.unet_denoising, the diagnosis of where the UNet loses what the judge reads: at sigma 0 it is the
+    autoencoder's round trip; at sigma 0.3 its picture is nearer that round trip than the noised latent decoded as it
+    is (a UNet that added noise, or ignored it, would not be)."""
+    require_comfyui()
+    judge_accuracy, world = toy_world_module("judge_accuracy"), toy_world_module("world")
+    image, _, truth = world.sample(judge_accuracy.BASE_SEED + 7)
+    round_trip = judge_accuracy.vae_round_trip()(image, np.random.default_rng(3), truth).astype(np.int16)
+    at_zero = judge_accuracy.unet_denoising(0.0)(image, np.random.default_rng(3), truth).astype(np.int16)
+    assert np.abs(at_zero - round_trip).max() <= 1  # the latent scaled in and out again: float rounding only
+
+    sigma = 0.3
+    denoised = judge_accuracy.unet_denoising(sigma)(image, np.random.default_rng(3), truth).astype(np.int16)
+    models = judge_accuracy._toy_world_models()
+    patcher, _, vae = models.load()
+    clean = patcher.model.process_latent_in(vae.encode(torch.from_numpy(image).float().div(255).unsqueeze(0)))
+    noise = torch.from_numpy(np.random.default_rng(3).standard_normal(clean.shape)).float()
+    noisy = vae.decode(patcher.model.process_latent_out(clean + sigma * noise))[0]
+    noisy = (noisy.clamp(0, 1) * 255).round().to(torch.int16).numpy()
+    assert np.abs(denoised - round_trip).mean() < 0.5 * np.abs(noisy - round_trip).mean()
+
+
 def _train(out, *arguments: str) -> None:
     """The training command into `out` on one thread, with the ComfyUI under test; fails with its error output."""
     env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))
