@@ -158,7 +158,18 @@ TEST(Uremd, AtenPathMatchesTheFusedKernel) {
     const auto [cost, index] = pickdraw::detail::row_min_aten(g, p);
     const auto [loss, fused_cost, fused_index] = pickdraw::uremd_with_argmin(g, p);
     EXPECT_TRUE(at::allclose(cost, fused_cost, 1e-12, 1e-12)) << c.N << "x" << c.M;
-    EXPECT_TRUE(at::equal(index, fused_index)) << c.N << "x" << c.M;
+    // The same index, except where the two costs tie to rounding: the paths' GEMMs tile the palette differently,
+    // and a BLAS may round the duplicate's dot product differently in another tile's width (the exact-tie rule
+    // has its own tests above).
+    const auto palette = p.expand({c.B, c.M, c.C});
+    const auto cost_at = [&](const at::Tensor& i) {
+      const auto chosen = at::gather(palette, 1, i.unsqueeze(-1).expand({c.B, c.N, c.C}));
+      return 1 - at::cosine_similarity(g, chosen, -1, 0.0);
+    };
+    const auto differs = index.ne(fused_index);
+    EXPECT_TRUE(at::allclose(cost_at(index).masked_select(differs), cost_at(fused_index).masked_select(differs),
+                             0.0, 1e-12))
+        << c.N << "x" << c.M << ": " << differs.sum().item<int64_t>() << " rows pick another index";
   }
 }
 
